@@ -1,0 +1,185 @@
+//! `agentctl`: the command-line client. Offline commands (`validate`,
+//! `render`) work without a daemon.
+
+use crate::manifests::{self, Loaded, ManifestSet};
+use crate::registries_d::NoMirrors;
+use crate::render::{self, CrioVersion, RenderOptions, Snapshot};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentctl",
+    version,
+    about = "Inspect and drive image-policy-agent; validate and render policies offline"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate ClusterImagePolicy / ImagePolicy manifests; one line per problem,
+    /// `FILE: KIND NAMESPACE/NAME: FIELD: MESSAGE`; exit 1 if there is any.
+    Validate {
+        /// Manifest files or directories (YAML or JSON, multi-document, kind: List).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Render the files the daemon would write, under a local root directory.
+    Render {
+        /// Directory of manifests.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Base policy.json (default: OpenShift's template policy).
+        #[arg(long)]
+        base_policy: Option<PathBuf>,
+        /// Output root: files go to ROOT/etc/containers/policy.json and so on.
+        #[arg(long)]
+        root: PathBuf,
+        /// CRI-O version of the target node (e.g. 1.30); default: newest.
+        #[arg(long)]
+        crio_version: Option<String>,
+        /// Payload repositories protected from policies (repeatable); default:
+        /// OpenShift's release repositories. `--payload-repository ''` turns it off.
+        #[arg(long = "payload-repository")]
+        payload_repositories: Vec<String>,
+    },
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Render {
+            manifests,
+            base_policy,
+            root,
+            crio_version,
+            payload_repositories,
+        } => {
+            let mut options = RenderOptions::default();
+            if let Some(v) = crio_version {
+                options.crio_version = Some(
+                    CrioVersion::parse(&v)
+                        .with_context(|| format!("--crio-version {v:?}: expected MAJOR.MINOR"))?,
+                );
+            }
+            if !payload_repositories.is_empty() {
+                options.payload_repositories = payload_repositories
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect();
+            }
+            render_cmd(&manifests, base_policy.as_deref(), &root, options)
+        }
+    }
+}
+
+/// Validated objects with their sources; objects defined twice become invalid.
+pub fn objects_with_sources(set: &ManifestSet) -> Vec<Loaded> {
+    let merged = set.validated();
+    merged
+        .into_iter()
+        .map(|result| {
+            let id = manifests::id_of(&result).clone();
+            let source = set
+                .objects
+                .iter()
+                .find(|l| *manifests::id_of(&l.result) == id)
+                .map(|l| l.source.clone())
+                .expect("every validated object comes from a loaded one");
+            Loaded { source, result }
+        })
+        .collect()
+}
+
+fn validate(paths: &[PathBuf]) -> Result<i32> {
+    let set = manifests::load_paths(paths).context("reading manifests")?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut problems = 0usize;
+    for e in &set.errors {
+        writeln!(out, "{e}")?;
+        problems += 1;
+    }
+    let objects = objects_with_sources(&set);
+    for l in &objects {
+        if let Err(inv) = &l.result {
+            for fe in &inv.errors {
+                writeln!(out, "{}: {}: {}", l.source.file.display(), inv.id, fe)?;
+                problems += 1;
+            }
+        }
+    }
+    let valid = objects.iter().filter(|l| l.result.is_ok()).count();
+    eprintln!(
+        "{} object(s) valid, {} invalid, {} problem(s)",
+        valid,
+        objects.len() - valid,
+        problems
+    );
+    Ok(if problems > 0 { 1 } else { 0 })
+}
+
+/// Joins a node path (`/etc/...`) under `root`, refusing anything that
+/// would leave it.
+pub fn under_root(root: &Path, node_path: &str) -> Result<PathBuf> {
+    let rel = node_path.trim_start_matches('/');
+    let rel = Path::new(rel);
+    anyhow::ensure!(
+        rel.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_))),
+        "path {node_path:?} is not a plain absolute path"
+    );
+    Ok(root.join(rel))
+}
+
+fn render_cmd(
+    manifest_dir: &Path,
+    base_policy: Option<&Path>,
+    root: &Path,
+    options: RenderOptions,
+) -> Result<i32> {
+    let set = manifests::load_dir(manifest_dir)
+        .with_context(|| format!("reading manifests directory {}", manifest_dir.display()))?;
+    let base = match base_policy {
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("reading base policy {}", p.display()))?
+        }
+        None => render::OPENSHIFT_TEMPLATE_POLICY.as_bytes().to_vec(),
+    };
+    let crio = options.crio_version;
+    let snap = Snapshot {
+        objects: set.validated(),
+        base_policy: base,
+        options,
+        mirrors: &NoMirrors,
+    };
+    let rendered = render::render(&snap)?;
+    crate::preflight::check(&rendered, crio)?;
+    for (path, bytes) in &rendered.files {
+        let dest = under_root(root, path)?;
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = !set.errors.is_empty();
+    for e in &set.errors {
+        writeln!(out, "error: {e}")?;
+    }
+    for o in &rendered.outcomes {
+        writeln!(out, "{}: {}: {}", o.id, o.condition, o.message)?;
+        failed |= o.condition != render::Condition::Applied;
+    }
+    for path in rendered.files.keys() {
+        eprintln!("wrote {}", under_root(root, path)?.display());
+    }
+    Ok(if failed { 1 } else { 0 })
+}

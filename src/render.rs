@@ -1,0 +1,433 @@
+//! The renderer: a pure function from a [`Snapshot`] to the managed files and
+//! one outcome per object. No I/O, no clock: the same snapshot always gives
+//! the same bytes, whatever order its objects came in.
+
+use crate::model::{Kind, ObjectRef, PolicyObject, RootOfTrust, SignedIdentity};
+use crate::policy::{self, Fulcio, Match, Pki, Policy, Requirement, Sigstore};
+use crate::registries_d::{self, MirrorSource};
+use crate::scope;
+use crate::validate::{InvalidObject, Validated};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+pub const POLICY_JSON: &str = "/etc/containers/policy.json";
+pub const CRIO_POLICIES_DIR: &str = "/etc/crio/policies";
+pub const REGISTRIES_D_FILE: &str = "/etc/containers/registries.d/sigstore-registries.yaml";
+
+/// OpenShift's release payload repositories: policies on them (or broader) are
+/// never written, so a mistake cannot stop the node from pulling its own images.
+pub const DEFAULT_PAYLOAD_REPOSITORIES: &[&str] = &[
+    "quay.io/openshift-release-dev/ocp-release",
+    "quay.io/openshift-release-dev/ocp-v4.0-art-dev",
+];
+
+/// The machine-config-operator's template policy, the base when none is given.
+pub const OPENSHIFT_TEMPLATE_POLICY: &str = r#"{
+    "default": [
+        {
+            "type": "insecureAcceptAnything"
+        }
+    ],
+    "transports":
+        {
+            "docker-daemon":
+                {
+                    "": [{"type":"insecureAcceptAnything"}]
+                }
+        }
+}
+"#;
+
+/// `major.minor` of the node's CRI-O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CrioVersion(pub u32, pub u32);
+
+impl fmt::Display for CrioVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl CrioVersion {
+    /// Parses `1.30`, `1.30.2`, `v1.30.2-rc1`.
+    pub fn parse(s: &str) -> Option<CrioVersion> {
+        let s = s.trim().trim_start_matches('v');
+        let mut it = s.split(|c: char| !c.is_ascii_digit());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some(CrioVersion(major, minor))
+    }
+}
+
+/// Minimum CRI-O versions (containers/image vendored by them) per feature.
+pub const GATE_SIGSTORE: CrioVersion = CrioVersion(1, 25);
+pub const GATE_REKOR_FULCIO: CrioVersion = CrioVersion(1, 27);
+pub const GATE_NAMESPACE_FILES: CrioVersion = CrioVersion(1, 28);
+pub const GATE_PKI: CrioVersion = CrioVersion(1, 33);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOptions {
+    pub payload_repositories: Vec<String>,
+    /// `None`: unknown, treated as the newest (every feature allowed).
+    pub crio_version: Option<CrioVersion>,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            payload_repositories: DEFAULT_PAYLOAD_REPOSITORIES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            crio_version: None,
+        }
+    }
+}
+
+/// Everything the renderer needs, as plain data.
+pub struct Snapshot<'a> {
+    pub objects: Vec<Validated>,
+    /// The base ("original") policy.json bytes.
+    pub base_policy: Vec<u8>,
+    pub options: RenderOptions,
+    pub mirrors: &'a dyn MirrorSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Condition {
+    Applied,
+    Pending,
+    Invalid,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Condition::Applied => "Applied",
+            Condition::Pending => "Pending",
+            Condition::Invalid => "Invalid",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: ObjectRef,
+    pub condition: Condition,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Node path → bytes, for every managed file that should exist.
+    /// policy.json is always present (it is the base verbatim when no cluster
+    /// scope is deployed).
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// True when policy.json is the base, byte for byte: nothing to deploy there.
+    pub policy_json_is_base: bool,
+    /// Sorted by object identity.
+    pub outcomes: Vec<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("base policy is not a valid containers-policy.json: {0}")]
+    BasePolicy(policy::PolicyError),
+}
+
+/// The requirement one policy object stands for.
+pub fn requirement(obj: &PolicyObject) -> Requirement {
+    let mut s = Sigstore::default();
+    match &obj.root_of_trust {
+        RootOfTrust::PublicKey {
+            key_data,
+            rekor_key_data,
+        } => {
+            s.key_data = Some(key_data.clone());
+            s.rekor_public_key_data = rekor_key_data.clone();
+        }
+        RootOfTrust::FulcioCAWithRekor {
+            fulcio_ca_data,
+            rekor_key_data,
+            oidc_issuer,
+            signed_email,
+        } => {
+            s.fulcio = Some(Fulcio {
+                ca_path: None,
+                ca_data: Some(fulcio_ca_data.clone()),
+                oidc_issuer: oidc_issuer.clone(),
+                subject_email: signed_email.clone(),
+            });
+            s.rekor_public_key_data = Some(rekor_key_data.clone());
+        }
+        RootOfTrust::Pki {
+            ca_roots_data,
+            ca_intermediates_data,
+            email,
+            hostname,
+        } => {
+            s.pki = Some(Pki {
+                ca_roots_data: Some(ca_roots_data.clone()),
+                ca_intermediates_data: ca_intermediates_data.clone(),
+                subject_email: email.clone(),
+                subject_hostname: hostname.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    s.signed_identity = match &obj.signed_identity {
+        SignedIdentity::MatchRepoDigestOrExact => Match::MatchRepoDigestOrExact,
+        SignedIdentity::MatchRepository => Match::MatchRepository,
+        SignedIdentity::ExactRepository { repository } => Match::ExactRepository {
+            docker_repository: repository.clone(),
+        },
+        SignedIdentity::RemapIdentity {
+            prefix,
+            signed_prefix,
+        } => Match::RemapIdentity {
+            prefix: prefix.clone(),
+            signed_prefix: signed_prefix.clone(),
+        },
+    };
+    Requirement::SigstoreSigned(Box::new(s))
+}
+
+/// The oldest CRI-O that can parse what `obj` needs.
+pub fn required_crio(obj: &PolicyObject) -> CrioVersion {
+    let req = match &obj.root_of_trust {
+        RootOfTrust::PublicKey {
+            rekor_key_data: None,
+            ..
+        } => GATE_SIGSTORE,
+        RootOfTrust::PublicKey { .. } | RootOfTrust::FulcioCAWithRekor { .. } => GATE_REKOR_FULCIO,
+        RootOfTrust::Pki { .. } => GATE_PKI,
+    };
+    match obj.id.kind {
+        Kind::ImagePolicy => req.max(GATE_NAMESPACE_FILES),
+        Kind::ClusterImagePolicy => req,
+    }
+}
+
+fn quote_list<'a>(v: impl IntoIterator<Item = &'a String>) -> String {
+    let items: Vec<String> = v.into_iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Why an object is not (fully) deployed.
+#[derive(Default)]
+struct Skips {
+    payload: Vec<String>,
+    conflicts: Vec<String>,
+    conflicting_cluster_scopes: BTreeSet<String>,
+    gate: Option<CrioVersion>,
+}
+
+impl Skips {
+    fn message(
+        &self,
+        total: usize,
+        node: Option<CrioVersion>,
+        payload_repos: &[String],
+    ) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(need) = self.gate {
+            let node = node
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            parts.push(format!(
+                "requires CRI-O ≥ {need} (node has {node}); nothing written"
+            ));
+        }
+        if !self.payload.is_empty() {
+            parts.push(format!(
+                "scope(s) {} equal to or broader than an OpenShift payload repository {} are not written",
+                quote_list(&self.payload),
+                quote_list(payload_repos)
+            ));
+        }
+        if !self.conflicts.is_empty() {
+            parts.push(format!(
+                "scope(s) {} equal to or nested in ClusterImagePolicy scope(s) {} are not written; only the cluster policy applies there",
+                quote_list(&self.conflicts),
+                quote_list(&self.conflicting_cluster_scopes)
+            ));
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        let skipped = if self.gate.is_some() {
+            total
+        } else {
+            self.payload.len() + self.conflicts.len()
+        };
+        let applied = total - skipped.min(total);
+        parts.push(format!("{applied} of {total} scope(s) applied"));
+        Some(parts.join("; "))
+    }
+}
+
+type ScopeReqs = BTreeMap<String, Vec<Requirement>>;
+
+/// Renders the snapshot. Fails only when the base policy itself is unusable.
+pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
+    let base = policy::parse(&snap.base_policy).map_err(RenderError::BasePolicy)?;
+    let opts = &snap.options;
+
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut valid: Vec<&PolicyObject> = Vec::new();
+    for o in &snap.objects {
+        match o {
+            Ok(p) => valid.push(p),
+            Err(InvalidObject { id, errors }) => outcomes.push(Outcome {
+                id: id.clone(),
+                condition: Condition::Invalid,
+                message: errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+        }
+    }
+    // Requirement order (and so the bytes) depend only on identities.
+    valid.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut skips: BTreeMap<&ObjectRef, Skips> = BTreeMap::new();
+    let mut cluster: ScopeReqs = BTreeMap::new();
+    let mut candidates: Vec<(&PolicyObject, Vec<&String>)> = Vec::new();
+    for obj in &valid {
+        let sk = skips.entry(&obj.id).or_default();
+        let need = required_crio(obj);
+        if opts.crio_version.is_some_and(|node| node < need) {
+            sk.gate = Some(need);
+            continue;
+        }
+        let mut keep = Vec::new();
+        for s in &obj.scopes {
+            if opts
+                .payload_repositories
+                .iter()
+                .any(|p| scope::nested(p, s))
+            {
+                sk.payload.push(s.clone());
+            } else {
+                keep.push(s);
+            }
+        }
+        match obj.id.kind {
+            Kind::ClusterImagePolicy => {
+                let req = requirement(obj);
+                for s in keep {
+                    cluster.entry(s.clone()).or_default().push(req.clone());
+                }
+            }
+            Kind::ImagePolicy => candidates.push((obj, keep)),
+        }
+    }
+
+    // Namespace scopes covered by a deployed cluster scope are not deployed.
+    let mut namespaces: BTreeMap<&str, ScopeReqs> = BTreeMap::new();
+    for (obj, keep) in candidates {
+        let sk = skips.entry(&obj.id).or_default();
+        let req = requirement(obj);
+        let ns = obj.id.namespace.as_deref().unwrap_or_default();
+        for s in keep {
+            let covering: Vec<&String> = cluster.keys().filter(|c| scope::nested(s, c)).collect();
+            if covering.is_empty() {
+                namespaces
+                    .entry(ns)
+                    .or_default()
+                    .entry(s.clone())
+                    .or_default()
+                    .push(req.clone());
+            } else {
+                sk.conflicts.push(s.clone());
+                sk.conflicting_cluster_scopes
+                    .extend(covering.into_iter().cloned());
+            }
+        }
+    }
+
+    for obj in &valid {
+        let sk = &skips[&obj.id];
+        let (condition, message) = match sk.message(
+            obj.scopes.len(),
+            opts.crio_version,
+            &opts.payload_repositories,
+        ) {
+            None => (
+                Condition::Applied,
+                format!("{} scope(s) applied", obj.scopes.len()),
+            ),
+            Some(m) => (Condition::Pending, m),
+        };
+        outcomes.push(Outcome {
+            id: obj.id.clone(),
+            condition,
+            message,
+        });
+    }
+    outcomes.sort_by(|a, b| a.id.cmp(&b.id).then(a.condition.cmp(&b.condition)));
+
+    let mut files = BTreeMap::new();
+    let merged = merge(base, &cluster, Merge::Replace);
+    let policy_json_is_base = cluster.is_empty();
+    let policy_bytes = if policy_json_is_base {
+        snap.base_policy.clone()
+    } else {
+        merged.to_bytes()
+    };
+    files.insert(POLICY_JSON.to_string(), policy_bytes);
+
+    let mut deployed: BTreeSet<String> = cluster.keys().cloned().collect();
+    for (ns, scopes) in &namespaces {
+        deployed.extend(scopes.keys().cloned());
+        let doc = merge(merged.clone(), scopes, Merge::Append);
+        files.insert(format!("{CRIO_POLICIES_DIR}/{ns}.json"), doc.to_bytes());
+    }
+    let mut with_mirrors = deployed.clone();
+    for s in &deployed {
+        with_mirrors.extend(snap.mirrors.mirror_scopes(s));
+    }
+    if let Some(y) = registries_d::render(&with_mirrors) {
+        files.insert(REGISTRIES_D_FILE.to_string(), y);
+    }
+
+    Ok(Rendered {
+        files,
+        policy_json_is_base,
+        outcomes,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Merge {
+    /// Cluster scopes replace a base entry of the same name.
+    Replace,
+    /// Namespace scopes are ANDed after what is already there.
+    Append,
+}
+
+fn merge(mut doc: Policy, scopes: &ScopeReqs, how: Merge) -> Policy {
+    if scopes.is_empty() {
+        return doc;
+    }
+    for (transport, filter) in [("docker", false), ("atomic", true)] {
+        let t = doc.transports.entry(transport.to_string()).or_default();
+        for (s, reqs) in scopes {
+            if filter && !scope::atomic_scope_ok(s) {
+                continue;
+            }
+            match how {
+                Merge::Replace => {
+                    t.insert(s.clone(), reqs.clone());
+                }
+                Merge::Append => t.entry(s.clone()).or_default().extend(reqs.iter().cloned()),
+            }
+        }
+        if t.is_empty() {
+            doc.transports.remove(transport);
+        }
+    }
+    doc
+}
