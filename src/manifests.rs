@@ -165,6 +165,14 @@ impl ManifestSet {
         if doc.is_null() {
             return;
         }
+        if !doc.is_object() {
+            self.errors.push(LoadError {
+                file: source.file,
+                document: Some(source.document),
+                message: "document is not a mapping (a Kubernetes object was expected)".into(),
+            });
+            return;
+        }
         if doc.get("kind").and_then(Value::as_str) == Some("List") && source.item.is_none() {
             match doc.get("items") {
                 Some(Value::Array(items)) => {

@@ -303,11 +303,7 @@ fn check_scope(transport: &str, scope: &str) -> Result<(), String> {
     }
     let bad = || Err(format!("Unknown key {scope:?}"));
     match transport {
-        "atomic" => {
-            if !crate::scope::atomic_scope_ok(scope) {
-                return bad();
-            }
-        }
+        "atomic" if !crate::scope::atomic_scope_ok(scope) => return bad(),
         "docker" => {
             let ok = !scope.chars().any(|c| c.is_whitespace() || c.is_control())
                 && !scope.starts_with('/')
@@ -316,10 +312,10 @@ fn check_scope(transport: &str, scope: &str) -> Result<(), String> {
                 return Err(format!("invalid docker scope {scope:?}"));
             }
         }
-        "dir" | "oci" | "oci-archive" | "docker-archive" | "tarball" | "sif" => {
-            if !scope.starts_with('/') || scope.split('/').any(|c| c == "." || c == "..") {
-                return bad();
-            }
+        "dir" | "oci" | "oci-archive" | "docker-archive" | "tarball" | "sif"
+            if !scope.starts_with('/') || scope.split('/').any(|c| c == "." || c == "..") =>
+        {
+            return bad()
         }
         _ => {}
     }

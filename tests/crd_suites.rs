@@ -67,9 +67,15 @@ fn sigstore_cases(v: V) -> Vec<Case> {
     let pk = format!("{{policyType: PublicKey, publicKey: {{keyData: {k}}}}}");
     let fulcio_body = format!("{{fulcioCAData: {c}, rekorKeyData: {k}, fulcioSubject: {{oidcIssuer: 'https://oidc.localhost', signedEmail: test-user@example.com}}}}");
     let with_scope = |s: &str| format!("{{scopes: ['{s}'], policy: {{rootOfTrust: {pk}}}}}");
-    let with_ident = |ident: &str| format!("{{scopes: [example.com], policy: {{rootOfTrust: {pk}, signedIdentity: {ident}}}}}");
+    let with_ident = |ident: &str| {
+        format!("{{scopes: [example.com], policy: {{rootOfTrust: {pk}, signedIdentity: {ident}}}}}")
+    };
     let rot = "spec.policy.rootOfTrust";
-    let pk_msg = invalid(rot, "object", "publicKey is required when policyType is PublicKey, and forbidden otherwise");
+    let pk_msg = invalid(
+        rot,
+        "object",
+        "publicKey is required when policyType is PublicKey, and forbidden otherwise",
+    );
     let fulcio_msg = invalid(rot, "object", "fulcioCAWithRekor is required when policyType is FulcioCAWithRekor, and forbidden otherwise");
     let digest = "sha256:ab7d1f6f03aa0f1a7ebc57fd0d8ee8eb7a8a7fa7d7fe4d7e0c0c0d0e0f0a0b0c";
     vec![
@@ -236,11 +242,19 @@ fn run_suite(v: V, kind: &str, cases: Vec<Case>) {
         let label = format!("{version} {kind} {:?}", c.name);
         match &c.errors {
             None => {
-                assert_eq!(out.status.code(), Some(0), "{label} must be accepted, got:\n{stdout}");
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{label} must be accepted, got:\n{stdout}"
+                );
                 assert!(stdout.is_empty(), "{label}: {stdout}");
             }
             Some(expected) => {
-                assert_eq!(out.status.code(), Some(1), "{label} must be rejected, got:\n{stdout}");
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{label} must be rejected, got:\n{stdout}"
+                );
                 for e in expected {
                     let line = format!("{}: {id}: {e}", file.display());
                     assert!(
@@ -267,7 +281,11 @@ fn v1_image_policy() {
 
 #[test]
 fn v1alpha1_cluster_image_policy() {
-    run_suite(V::V1Alpha1, "ClusterImagePolicy", sigstore_cases(V::V1Alpha1));
+    run_suite(
+        V::V1Alpha1,
+        "ClusterImagePolicy",
+        sigstore_cases(V::V1Alpha1),
+    );
     run_suite(V::V1Alpha1, "ClusterImagePolicy", pki_cases(V::V1Alpha1));
 }
 

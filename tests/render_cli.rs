@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const KEY: &str = "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KTUZrd0V3WUhLb1pJemowQ0FRWUlLb1pJemowREFRY0RRZ0FFCi0tLS0tRU5EIFBVQkxJQyBLRVktLS0tLQo=";
-const CERT: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJyb290Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K";
-const REKOR: &str = "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KUkVLT1JLRVlSRUtPUktFWQotLS0tLUVORCBQVUJMSUMgS0VZLS0tLS0K";
+const CERT: &str =
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJyb290Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K";
+const REKOR: &str =
+    "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KUkVLT1JLRVlSRUtPUktFWQotLS0tLUVORCBQVUJMSUMgS0VZLS0tLS0K";
 
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/mco-2.6")
@@ -86,16 +88,37 @@ fn golden_mco_worked_example() {
     assert_eq!(o.status.code(), Some(1), "team-a-pki is pending:\n{stdout}");
     let got = tree(out.path());
     let want = tree(&golden().join("expected"));
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (k, v) in &want {
-        assert!(got[k] == *v, "{k} differs:\n{}", String::from_utf8_lossy(&got[k]));
+        assert!(
+            got[k] == *v,
+            "{k} differs:\n{}",
+            String::from_utf8_lossy(&got[k])
+        );
     }
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    assert_eq!(lines[0], "ClusterImagePolicy prod-keyless: Applied: 1 scope(s) applied");
-    assert_eq!(lines[1], "ClusterImagePolicy prod-keys: Applied: 2 scope(s) applied");
-    assert!(lines[2].starts_with("ImagePolicy team-a/team-a-pki: Pending: "), "{}", lines[2]);
-    assert!(lines[2].contains("[\"registry.example.com/prod/app\"]"), "{}", lines[2]);
+    assert_eq!(
+        lines[0],
+        "ClusterImagePolicy prod-keyless: Applied: 1 scope(s) applied"
+    );
+    assert_eq!(
+        lines[1],
+        "ClusterImagePolicy prod-keys: Applied: 2 scope(s) applied"
+    );
+    assert!(
+        lines[2].starts_with("ImagePolicy team-a/team-a-pki: Pending: "),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[2].contains("[\"registry.example.com/prod/app\"]"),
+        "{}",
+        lines[2]
+    );
 }
 
 #[test]
@@ -114,7 +137,12 @@ fn image_policies_only_keep_base_verbatim() {
     let m = dir_with(&[("a.yaml", ip("team", "p", &["quay.io/team"], &public_key()))]);
     let out = tempfile::tempdir().unwrap();
     let o = render(m.path(), out.path(), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let t = tree(out.path());
     assert_eq!(
         t["etc/containers/policy.json"],
@@ -125,7 +153,8 @@ fn image_policies_only_keep_base_verbatim() {
     assert!(ns.contains("\"quay.io/team\": ["));
     assert!(!ns.ends_with('\n'));
     assert_eq!(
-        String::from_utf8(t["etc/containers/registries.d/sigstore-registries.yaml"].clone()).unwrap(),
+        String::from_utf8(t["etc/containers/registries.d/sigstore-registries.yaml"].clone())
+            .unwrap(),
         "docker:\n  quay.io/team:\n    use-sigstore-attachments: true\n"
     );
 }
@@ -148,7 +177,10 @@ fn base_policy_merge() {
 "#;
     let m = dir_with(&[
         ("c.yaml", cip("rh", &["registry.redhat.io"], &public_key())),
-        ("n.yaml", ip("team", "p", &["registry.access.redhat.com"], &public_key())),
+        (
+            "n.yaml",
+            ip("team", "p", &["registry.access.redhat.com"], &public_key()),
+        ),
     ]);
     let bd = tempfile::tempdir().unwrap();
     std::fs::write(bd.path().join("policy.json"), base).unwrap();
@@ -156,9 +188,17 @@ fn base_policy_merge() {
     let o = render(
         m.path(),
         out.path(),
-        &["--base-policy", bd.path().join("policy.json").to_str().unwrap()],
+        &[
+            "--base-policy",
+            bd.path().join("policy.json").to_str().unwrap(),
+        ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let t = tree(out.path());
     let p: serde_json::Value = serde_json::from_slice(&t["etc/containers/policy.json"]).unwrap();
     assert_eq!(p["default"], serde_json::json!([{"type": "reject"}]));
@@ -171,9 +211,14 @@ fn base_policy_merge() {
         "matchRepoDigestOrExact"
     );
     assert_eq!(docker[""][0]["type"], "insecureAcceptAnything");
-    assert_eq!(p["transports"]["docker-daemon"][""][0]["type"], "insecureAcceptAnything");
+    assert_eq!(
+        p["transports"]["docker-daemon"][""][0]["type"],
+        "insecureAcceptAnything"
+    );
     let n: serde_json::Value = serde_json::from_slice(&t["etc/crio/policies/team.json"]).unwrap();
-    let l = n["transports"]["docker"]["registry.access.redhat.com"].as_array().unwrap();
+    let l = n["transports"]["docker"]["registry.access.redhat.com"]
+        .as_array()
+        .unwrap();
     assert_eq!(l.len(), 2);
     assert_eq!(l[0]["type"], "signedBy");
     assert_eq!(l[1]["type"], "sigstoreSigned");
@@ -181,7 +226,10 @@ fn base_policy_merge() {
 
 #[test]
 fn payload_repositories_are_protected() {
-    let m = dir_with(&[("c.yaml", cip("broad", &["quay.io", "example.com/app"], &public_key()))]);
+    let m = dir_with(&[(
+        "c.yaml",
+        cip("broad", &["quay.io", "example.com/app"], &public_key()),
+    )]);
     let out = tempfile::tempdir().unwrap();
     let o = render(m.path(), out.path(), &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -203,14 +251,30 @@ fn payload_repositories_are_protected() {
 fn atomic_transport_gets_only_scopes_it_accepts() {
     let m = dir_with(&[(
         "c.yaml",
-        cip("a", &["docker.io/library/busybox:latest", "docker.io/busybox:latest", "a.example.com/x/y/z"], &public_key()),
+        cip(
+            "a",
+            &[
+                "docker.io/library/busybox:latest",
+                "docker.io/busybox:latest",
+                "a.example.com/x/y/z",
+            ],
+            &public_key(),
+        ),
     )]);
     let out = tempfile::tempdir().unwrap();
     assert_eq!(render(m.path(), out.path(), &[]).status.code(), Some(0));
     let p: serde_json::Value =
         serde_json::from_slice(&tree(out.path())["etc/containers/policy.json"]).unwrap();
-    let atomic: Vec<&String> = p["transports"]["atomic"].as_object().unwrap().keys().collect();
-    let docker: Vec<&String> = p["transports"]["docker"].as_object().unwrap().keys().collect();
+    let atomic: Vec<&String> = p["transports"]["atomic"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    let docker: Vec<&String> = p["transports"]["docker"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
     assert_eq!(atomic, vec!["docker.io/library/busybox:latest"]);
     assert_eq!(docker.len(), 3);
 }
@@ -221,7 +285,10 @@ fn crio_feature_gates() {
         ("a.yaml", cip("keys", &["a.example.com"], &public_key())),
         ("b.yaml", cip("keyless", &["b.example.com"], &fulcio())),
         ("c.yaml", cip("pki", &["c.example.com"], &pki())),
-        ("d.yaml", ip("team", "ns", &["d.example.com"], &public_key())),
+        (
+            "d.yaml",
+            ip("team", "ns", &["d.example.com"], &public_key()),
+        ),
     ]);
     let run = |v: &str| {
         let out = tempfile::tempdir().unwrap();
@@ -233,18 +300,40 @@ fn crio_feature_gates() {
 
     let (code, stdout, files) = run("1.30");
     assert_eq!(code, Some(1));
-    assert!(stdout.contains("ClusterImagePolicy pki: Pending: requires CRI-O ≥ 1.33 (node has 1.30)"), "{stdout}");
-    assert!(stdout.contains("ClusterImagePolicy keyless: Applied"), "{stdout}");
+    assert!(
+        stdout.contains("ClusterImagePolicy pki: Pending: requires CRI-O ≥ 1.33 (node has 1.30)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ClusterImagePolicy keyless: Applied"),
+        "{stdout}"
+    );
     assert!(stdout.contains("ImagePolicy team/ns: Applied"), "{stdout}");
     for (path, bytes) in &files {
-        assert!(!String::from_utf8_lossy(bytes).contains("\"pki\""), "{path} has pki");
+        assert!(
+            !String::from_utf8_lossy(bytes).contains("\"pki\""),
+            "{path} has pki"
+        );
     }
 
     let (_, stdout, files) = run("1.26");
-    assert!(stdout.contains("ClusterImagePolicy keyless: Pending: requires CRI-O ≥ 1.27 (node has 1.26)"), "{stdout}");
-    assert!(stdout.contains("ImagePolicy team/ns: Pending: requires CRI-O ≥ 1.28 (node has 1.26)"), "{stdout}");
-    assert!(stdout.contains("ClusterImagePolicy keys: Applied"), "{stdout}");
-    assert!(!files.keys().any(|k| k.starts_with("etc/crio/policies")), "{files:?}");
+    assert!(
+        stdout
+            .contains("ClusterImagePolicy keyless: Pending: requires CRI-O ≥ 1.27 (node has 1.26)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ImagePolicy team/ns: Pending: requires CRI-O ≥ 1.28 (node has 1.26)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ClusterImagePolicy keys: Applied"),
+        "{stdout}"
+    );
+    assert!(
+        !files.keys().any(|k| k.starts_with("etc/crio/policies")),
+        "{files:?}"
+    );
     assert!(!String::from_utf8_lossy(&files["etc/containers/policy.json"]).contains("fulcio"));
 
     let (code, stdout, files) = run("1.33");
@@ -257,7 +346,10 @@ fn crio_feature_gates() {
 #[test]
 fn invalid_objects_do_not_block_valid_ones() {
     let m = dir_with(&[
-        ("good.yaml", cip("good", &["good.example.com"], &public_key())),
+        (
+            "good.yaml",
+            cip("good", &["good.example.com"], &public_key()),
+        ),
         ("bad.yaml", cip("bad", &["Not A Scope"], &public_key())),
         ("broken.yaml", "kind: [unclosed\n".to_string()),
     ]);
@@ -265,9 +357,18 @@ fn invalid_objects_do_not_block_valid_ones() {
     let o = render(m.path(), out.path(), &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout.contains("ClusterImagePolicy bad: Invalid: spec.scopes[0]: Invalid value"), "{stdout}");
-    assert!(stdout.contains("ClusterImagePolicy good: Applied"), "{stdout}");
-    assert!(stdout.contains("broken.yaml: document 1: invalid YAML"), "{stdout}");
+    assert!(
+        stdout.contains("ClusterImagePolicy bad: Invalid: spec.scopes[0]: Invalid value"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ClusterImagePolicy good: Applied"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("broken.yaml: document 1: invalid YAML"),
+        "{stdout}"
+    );
     let p = String::from_utf8(tree(out.path())["etc/containers/policy.json"].clone()).unwrap();
     assert!(p.contains("good.example.com"));
 }
@@ -284,7 +385,9 @@ fn same_scope_requirements_are_anded_in_name_order() {
     assert_eq!(render(m.path(), out.path(), &[]).status.code(), Some(0));
     let p: serde_json::Value =
         serde_json::from_slice(&tree(out.path())["etc/containers/policy.json"]).unwrap();
-    let l = p["transports"]["docker"]["x.example.com"].as_array().unwrap();
+    let l = p["transports"]["docker"]["x.example.com"]
+        .as_array()
+        .unwrap();
     assert_eq!(l.len(), 2);
     assert!(l[0].get("fulcio").is_some(), "alpha first");
     assert!(l[1].get("keyData").is_some());
@@ -292,8 +395,15 @@ fn same_scope_requirements_are_anded_in_name_order() {
 
 #[test]
 fn help_on_every_command() {
-    for args in [&["--help"][..], &["validate", "--help"], &["render", "--help"]] {
-        let o = Command::new(env!("CARGO_BIN_EXE_agentctl")).args(args).output().unwrap();
+    for args in [
+        &["--help"][..],
+        &["validate", "--help"],
+        &["render", "--help"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_agentctl"))
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(0));
         assert!(String::from_utf8_lossy(&o.stdout).contains("Usage:"));
     }
