@@ -16,12 +16,29 @@ use std::path::{Path, PathBuf};
     about = "Inspect and drive image-policy-agent; validate and render policies offline"
 )]
 pub struct Cli {
+    /// The daemon's status socket.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/image-policy-agent/agent.sock"
+    )]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Show the daemon's health, last reconcile, per-object conditions and
+    /// managed files. Exit 0 healthy, 1 degraded or any object not applied,
+    /// 2 daemon unreachable.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the daemon to reconcile now (root only); prints the new status.
+    Resync,
     /// Validate ClusterImagePolicy / ImagePolicy manifests; one line per problem,
     /// `FILE: KIND NAMESPACE/NAME: FIELD: MESSAGE`; exit 1 if there is any.
     Validate {
@@ -53,6 +70,8 @@ pub enum Command {
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Status { json } => status_cmd(&cli.socket, "status", json),
+        Command::Resync => status_cmd(&cli.socket, "resync", false),
         Command::Validate { files } => validate(&files),
         Command::Render {
             manifests,
@@ -77,6 +96,63 @@ pub fn run(cli: Cli) -> Result<i32> {
             render_cmd(&manifests, base_policy.as_deref(), &root, options)
         }
     }
+}
+
+fn status_cmd(socket: &Path, command: &str, json: bool) -> Result<i32> {
+    let resp = match crate::status::call(socket, command) {
+        Ok(r) => r,
+        Err(e @ crate::status::ClientError::Unreachable { .. }) => {
+            eprintln!("agentctl: {e}");
+            return Ok(2);
+        }
+        Err(e) => {
+            eprintln!("agentctl: {e}");
+            return Ok(1);
+        }
+    };
+    let Some(st) = resp.status else {
+        eprintln!("agentctl: the daemon sent no status");
+        return Ok(1);
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &st)?;
+        writeln!(out)?;
+    } else {
+        let health = if st.healthy { "healthy" } else { "DEGRADED" };
+        writeln!(out, "image-policy-agent: {health}: {}", st.summary)?;
+        writeln!(out, "source: {} {}", st.source.kind, st.source.path)?;
+        for e in &st.source.errors {
+            writeln!(out, "  error: {e}")?;
+        }
+        writeln!(out, "root: {}", st.root)?;
+        if let Some(l) = &st.last_reconcile {
+            write!(out, "last reconcile: {} {}", l.time, l.outcome)?;
+            if let Some(e) = &l.error {
+                write!(out, ": {e}")?;
+            }
+            writeln!(
+                out,
+                " ({} written, {} restored, {} removed)",
+                l.files_written, l.files_restored, l.files_removed
+            )?;
+        }
+        writeln!(out, "policies:")?;
+        for p in &st.policies {
+            let id = match &p.namespace {
+                Some(ns) => format!("{} {}/{}", p.kind, ns, p.name),
+                None => format!("{} {}", p.kind, p.name),
+            };
+            writeln!(out, "  {:<8} {id}: {}", p.condition.to_string(), p.message)?;
+        }
+        writeln!(out, "files:")?;
+        for f in &st.files {
+            let note = if f.managed { "" } else { " (node's own)" };
+            writeln!(out, "  {} sha256:{}{note}", f.path, f.sha256)?;
+        }
+    }
+    Ok(if st.all_applied() { 0 } else { 1 })
 }
 
 /// Validated objects with their sources; objects defined twice become invalid.

@@ -1,9 +1,15 @@
 //! image-policy-agent: turns OpenShift ClusterImagePolicy / ImagePolicy
 //! resources into the signature policy files CRI-O and containers/image read.
 //!
-//! Data flow: sources → snapshot → [`render`] (pure) → [`preflight`] → apply.
+//! Data flow: sources ([`manifests`]) → snapshot → [`render`] (pure) →
+//! [`preflight`] → [`apply`] → [`status`]; [`daemon`] runs the loop.
 
+pub mod apply;
+pub mod config;
 pub mod ctl;
+pub mod daemon;
+pub mod fsroot;
+pub mod logging;
 pub mod manifests;
 pub mod model;
 pub mod policy;
@@ -11,4 +17,5 @@ pub mod preflight;
 pub mod registries_d;
 pub mod render;
 pub mod scope;
+pub mod status;
 pub mod validate;

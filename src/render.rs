@@ -93,7 +93,9 @@ pub struct Snapshot<'a> {
     pub mirrors: &'a dyn MirrorSource,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Condition {
     Applied,
     Pending,

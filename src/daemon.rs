@@ -1,0 +1,563 @@
+//! The daemon: watches the manifests directory, reconciles (full render of the
+//! latest snapshot, apply of the difference), serves status on a unix socket,
+//! and talks to systemd (READY/STATUS/WATCHDOG/STOPPING).
+
+use crate::apply::{sha256_hex, Applier, ApplyReport};
+use crate::config::Config;
+use crate::logging::*;
+use crate::manifests::{self, Loaded, ManifestSet};
+use crate::model::ObjectRef;
+use crate::registries_d::NoMirrors;
+use crate::render::{
+    self, Condition, Rendered, Snapshot, CRIO_POLICIES_DIR, POLICY_JSON, REGISTRIES_D_FILE,
+};
+use crate::status::{
+    self, FileStatus, LastReconcile, PolicyStatus, Request, Response, SourceStatus, Status,
+};
+use anyhow::{Context, Result};
+use notify::Watcher;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// The longest a burst of changes can delay a reconcile.
+const MAX_DEBOUNCE_FACTOR: u32 = 10;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+enum Event {
+    /// Something changed in the manifests directory or a managed directory.
+    Changed,
+    /// `agentctl resync`: reconcile now, answer when done.
+    Resync(oneshot::Sender<()>),
+}
+
+/// The reconciler: everything but the event loop, so tests can drive it.
+pub struct Reconciler {
+    pub config: Config,
+    pub applier: Applier,
+    /// Last good objects of each manifest file, kept in force while the file
+    /// cannot be read (a half-edited file must not drop its policies).
+    cache: BTreeMap<PathBuf, Vec<Loaded>>,
+    last_outcomes: BTreeMap<ObjectRef, (Condition, String)>,
+    pub status: Status,
+}
+
+impl Reconciler {
+    pub fn new(config: Config) -> Reconciler {
+        let applier = Applier::new(&config.root, &config.state_dir);
+        let status = Status {
+            healthy: false,
+            summary: "starting".into(),
+            source: SourceStatus {
+                kind: "manifests".into(),
+                path: config.source_path.display().to_string(),
+                errors: Vec::new(),
+            },
+            root: config.root.display().to_string(),
+            last_reconcile: None,
+            policies: Vec::new(),
+            files: Vec::new(),
+        };
+        Reconciler {
+            config,
+            applier,
+            cache: BTreeMap::new(),
+            last_outcomes: BTreeMap::new(),
+            status,
+        }
+    }
+
+    fn load(&mut self) -> Result<(Vec<Loaded>, Vec<String>)> {
+        let dir = &self.config.source_path;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating manifests directory {}", dir.display()))?;
+        }
+        let set = manifests::load_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let errors: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+        let broken: std::collections::BTreeSet<&PathBuf> =
+            set.errors.iter().map(|e| &e.file).collect();
+        let mut by_file: BTreeMap<PathBuf, Vec<Loaded>> = BTreeMap::new();
+        for l in &set.objects {
+            by_file
+                .entry(l.source.file.clone())
+                .or_default()
+                .push(l.clone());
+        }
+        let mut objects = Vec::new();
+        let mut cache = BTreeMap::new();
+        for f in &broken {
+            if let Some(prev) = self.cache.get(*f) {
+                warn!(file_path = %f.display(), "{} cannot be read; keeping its last good content in force", f.display());
+                objects.extend(prev.iter().cloned());
+                cache.insert((*f).clone(), prev.clone());
+            }
+        }
+        for (f, objs) in by_file {
+            if !broken.contains(&f) {
+                objects.extend(objs.iter().cloned());
+                cache.insert(f, objs);
+            }
+        }
+        self.cache = cache;
+        Ok((objects, errors))
+    }
+
+    /// One full reconcile. Errors leave the node's files as they were.
+    pub fn reconcile(&mut self) -> Result<ApplyReport> {
+        let result = self.try_reconcile();
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        match &result {
+            Ok((report, rendered)) => {
+                self.status.healthy = true;
+                self.status.last_reconcile = Some(LastReconcile {
+                    time: now,
+                    outcome: "ok".into(),
+                    error: None,
+                    files_written: report.written.len(),
+                    files_restored: report.restored.len(),
+                    files_removed: report.removed.len(),
+                });
+                self.status.files = rendered
+                    .files
+                    .iter()
+                    .map(|(p, b)| FileStatus {
+                        path: p.clone(),
+                        sha256: sha256_hex(b),
+                        managed: !(p == POLICY_JSON && rendered.policy_json_is_base),
+                    })
+                    .collect();
+                let namespaces = rendered
+                    .files
+                    .keys()
+                    .filter(|p| p.starts_with(CRIO_POLICIES_DIR))
+                    .count();
+                self.status.summary = status::summary(&rendered.outcomes, namespaces, None);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                error!(error = %msg, "reconcile failed: {msg}");
+                self.status.healthy = false;
+                self.status.last_reconcile = Some(LastReconcile {
+                    time: now,
+                    outcome: "error".into(),
+                    error: Some(msg.clone()),
+                    files_written: 0,
+                    files_restored: 0,
+                    files_removed: 0,
+                });
+                let first = self
+                    .status
+                    .summary
+                    .split("; last reconcile failed")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                self.status.summary = format!("{first}; last reconcile failed: {msg}");
+            }
+        }
+        result.map(|(r, _)| r)
+    }
+
+    fn try_reconcile(&mut self) -> Result<(ApplyReport, Rendered)> {
+        let (objects, errors) = self.load()?;
+        self.status.source.errors = errors;
+        for e in &self.status.source.errors {
+            warn!("{e}");
+        }
+        let base = self.applier.base(self.config.base_policy.as_deref())?;
+        if base.drifted {
+            warn!(
+                message_id = MSG_DRIFT,
+                file_path = POLICY_JSON,
+                "{POLICY_JSON} was changed by someone else; taking its content as the new base"
+            );
+        }
+        let set = ManifestSet {
+            objects,
+            ..Default::default()
+        };
+        let snap = Snapshot {
+            objects: set.validated(),
+            base_policy: base.bytes,
+            options: self.config.render.clone(),
+            mirrors: &NoMirrors,
+        };
+        let rendered = render::render(&snap)?;
+        crate::preflight::check(&rendered, self.config.render.crio_version)?;
+        let report = self.applier.apply(&rendered)?;
+        for p in &report.written {
+            info!(message_id = MSG_FILE_WRITTEN, file_path = %p, "wrote {p}");
+        }
+        for p in report.restored.iter().chain(&report.removed) {
+            info!(message_id = MSG_FILE_RESTORED, file_path = %p, "restored {p} to its original state");
+        }
+        self.log_outcomes(&rendered);
+        self.status.policies = rendered.outcomes.iter().map(PolicyStatus::from).collect();
+        Ok((report, rendered))
+    }
+
+    /// Logs outcomes that changed since the last reconcile.
+    fn log_outcomes(&mut self, r: &Rendered) {
+        let mut now = BTreeMap::new();
+        for o in &r.outcomes {
+            let key = (o.condition, o.message.clone());
+            if self.last_outcomes.get(&o.id) != Some(&key) {
+                let ns = o.id.namespace.as_deref().unwrap_or("");
+                match o.condition {
+                    Condition::Applied => info!(policy_kind = %o.id.kind, policy_namespace = ns,
+                        policy_name = %o.id.name, "{}: applied", o.id),
+                    Condition::Pending => {
+                        warn!(message_id = MSG_POLICY_PENDING, policy_kind = %o.id.kind,
+                        policy_namespace = ns, policy_name = %o.id.name, "{}: pending: {}", o.id, o.message)
+                    }
+                    Condition::Invalid => {
+                        warn!(message_id = MSG_POLICY_INVALID, policy_kind = %o.id.kind,
+                        policy_namespace = ns, policy_name = %o.id.name, "{}: invalid: {}", o.id, o.message)
+                    }
+                }
+            }
+            now.insert(o.id.clone(), key);
+        }
+        self.last_outcomes = now;
+    }
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        debug!("sd_notify: {e}");
+    }
+}
+
+fn group_id(name: &str) -> Result<nix::unistd::Gid> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    nix::unistd::Group::from_name(name)
+        .with_context(|| format!("looking up group {name:?}"))?
+        .map(|g| g.gid)
+        .with_context(|| format!("socket_group {name:?}: no such group"))
+}
+
+/// Binds the status socket: directory 0750 (when we create it), socket 0660,
+/// both in `group` when given.
+fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener> {
+    let dir = path.parent().context("socket path has no directory")?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        if let Some(g) = group {
+            nix::unistd::chown(dir, None, Some(group_id(g)?))
+                .with_context(|| format!("chown {}", dir.display()))?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket",
+            path.display()
+        );
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(path).is_err(),
+            "another daemon is listening on {}",
+            path.display()
+        );
+        std::fs::remove_file(path)?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = group {
+        nix::unistd::chown(path, None, Some(group_id(g)?))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    shared: Arc<Mutex<Status>>,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response {
+                version: status::PROTOCOL_VERSION,
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                status: None,
+            },
+            Ok(r) if r.version != status::PROTOCOL_VERSION => Response {
+                version: status::PROTOCOL_VERSION,
+                ok: false,
+                error: Some(format!(
+                    "unsupported protocol version {} (this daemon speaks {})",
+                    r.version,
+                    status::PROTOCOL_VERSION
+                )),
+                status: None,
+            },
+            Ok(r) => match r.command.as_str() {
+                "status" => Response {
+                    version: status::PROTOCOL_VERSION,
+                    ok: true,
+                    error: None,
+                    status: shared.lock().ok().map(|s| s.clone()),
+                },
+                "resync" => {
+                    let me = nix::unistd::geteuid().as_raw();
+                    if uid.is_some_and(|u| u == 0 || u == me) {
+                        let (done_tx, done_rx) = oneshot::channel();
+                        let _ = tx.send(Event::Resync(done_tx));
+                        let _ = done_rx.await;
+                        Response {
+                            version: status::PROTOCOL_VERSION,
+                            ok: true,
+                            error: None,
+                            status: shared.lock().ok().map(|s| s.clone()),
+                        }
+                    } else {
+                        Response {
+                            version: status::PROTOCOL_VERSION,
+                            ok: false,
+                            error: Some(format!(
+                                "permission denied: resync needs uid 0 (caller has uid {})",
+                                uid.map(|u| u.to_string())
+                                    .unwrap_or_else(|| "unknown".into())
+                            )),
+                            status: None,
+                        }
+                    }
+                }
+                other => Response {
+                    version: status::PROTOCOL_VERSION,
+                    ok: false,
+                    error: Some(format!("unknown command {other:?}")),
+                    status: None,
+                },
+            },
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{}".into());
+        out.push('\n');
+        if wr.write_all(out.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Watches the manifests directory and the managed directories. Missing
+/// directories are skipped (the manifests one is created by the reconciler).
+fn watch(config: &Config, tx: mpsc::UnboundedSender<Event>) -> Option<notify::RecommendedWatcher> {
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = ev.paths.iter().any(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        });
+        if relevant {
+            let _ = tx.send(Event::Changed);
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("cannot watch files: {e}");
+            return None;
+        }
+    };
+    let root = crate::fsroot::Root::new(&config.root);
+    let mut dirs = vec![config.source_path.clone()];
+    for node in [
+        POLICY_JSON,
+        REGISTRIES_D_FILE,
+        &format!("{CRIO_POLICIES_DIR}/x.json"),
+    ] {
+        if let Some(d) = root
+            .resolve(node)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            dirs.push(d);
+        }
+    }
+    for d in dirs {
+        if d.is_dir() {
+            if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
+                warn!("cannot watch {}: {e}", d.display());
+            }
+        }
+    }
+    Some(w)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(config_path: Option<PathBuf>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(config_path))
+}
+
+async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let config = Config::load(config_path.as_deref())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let mut rec = Reconciler::new(config);
+    let _ = rec.applier.clean_temporaries(&[
+        POLICY_JSON,
+        REGISTRIES_D_FILE,
+        &format!("{CRIO_POLICIES_DIR}/x.json"),
+    ]);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let listener = bind_socket(&rec.config.socket, rec.config.socket_group.as_deref())?;
+    let socket_path = rec.config.socket.clone();
+    let shared = Arc::new(Mutex::new(rec.status.clone()));
+    {
+        let shared = shared.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(serve_client(s, shared.clone(), tx.clone()));
+                    }
+                    Err(e) => warn!("accept: {e}"),
+                }
+            }
+        });
+    }
+
+    // The first reconcile happens before watching, so we do not react to our
+    // own writes; then READY.
+    let mut backoff: Option<Duration> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let first = rec.reconcile();
+    let mut watcher = watch(&rec.config, tx.clone());
+    if first.is_err() {
+        backoff = Some(Duration::from_secs(1));
+        retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+    }
+    publish(&shared, &rec);
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&rec.status.summary),
+    ]);
+    info!("ready: {}", rec.status.summary);
+
+    let mut usec = 0u64;
+    let watchdog =
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let debounce = Duration::from_millis(rec.config.debounce_ms);
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut burst_start: Option<Instant> = None;
+
+    loop {
+        let reconcile_now;
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(Event::Changed) => {
+                    let now = Instant::now();
+                    let start = *burst_start.get_or_insert(now);
+                    let latest = start + debounce * MAX_DEBOUNCE_FACTOR;
+                    due = Some(tokio::time::Instant::from_std((now + debounce).min(latest)));
+                    reconcile_now = false;
+                }
+                Some(Event::Resync(done)) => {
+                    run_reconcile(&mut rec, &mut backoff, &mut retry_at);
+                    publish(&shared, &rec);
+                    let _ = done.send(());
+                    reconcile_now = false;
+                }
+                None => break,
+            },
+            _ = sleep_until(due), if due.is_some() => { due = None; burst_start = None; reconcile_now = true; }
+            _ = sleep_until(retry_at), if retry_at.is_some() => { retry_at = None; reconcile_now = true; }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                reconcile_now = false;
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading configuration");
+                match Config::load(config_path.as_deref()) {
+                    Ok(c) => {
+                        let rewatch = c.source_path != rec.config.source_path || c.root != rec.config.root;
+                        if c.socket != rec.config.socket {
+                            warn!("socket path changes need a restart; keeping {}", rec.config.socket.display());
+                        }
+                        let mut c = c;
+                        c.socket = rec.config.socket.clone();
+                        rec.config = c;
+                        rec.applier = Applier::new(&rec.config.root, &rec.config.state_dir);
+                        if rewatch {
+                            watcher = watch(&rec.config, tx.clone());
+                        }
+                    }
+                    Err(e) => error!("keeping the old configuration: {e:#}"),
+                }
+                reconcile_now = true;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        if reconcile_now {
+            run_reconcile(&mut rec, &mut backoff, &mut retry_at);
+            publish(&shared, &rec);
+            notify_systemd(&[sd_notify::NotifyState::Status(&rec.status.summary)]);
+        }
+    }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    info!("stopping");
+    drop(watcher);
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn run_reconcile(
+    rec: &mut Reconciler,
+    backoff: &mut Option<Duration>,
+    retry_at: &mut Option<tokio::time::Instant>,
+) {
+    match rec.reconcile() {
+        Ok(_) => {
+            *backoff = None;
+            *retry_at = None;
+        }
+        Err(_) => {
+            let b = backoff
+                .map(|b| (b * 2).min(MAX_BACKOFF))
+                .unwrap_or(Duration::from_secs(1));
+            *backoff = Some(b);
+            *retry_at = Some(tokio::time::Instant::now() + b);
+            warn!("retrying in {}s", b.as_secs());
+        }
+    }
+}
+
+fn publish(shared: &Arc<Mutex<Status>>, rec: &Reconciler) {
+    if let Ok(mut s) = shared.lock() {
+        *s = rec.status.clone();
+    }
+}
