@@ -424,6 +424,10 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
         &format!("{CRIO_POLICIES_DIR}/x.json"),
     ]);
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    // The first reconcile happens before the socket is served and before
+    // watching (so we do not react to our own writes); then READY.
+    let first = rec.reconcile();
+    let mut watcher = watch(&rec.config, tx.clone());
     let listener = bind_socket(&rec.config.socket, rec.config.socket_group.as_deref())?;
     let socket_path = rec.config.socket.clone();
     let shared = Arc::new(Mutex::new(rec.status.clone()));
@@ -442,12 +446,8 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
         });
     }
 
-    // The first reconcile happens before watching, so we do not react to our
-    // own writes; then READY.
     let mut backoff: Option<Duration> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let first = rec.reconcile();
-    let mut watcher = watch(&rec.config, tx.clone());
     if first.is_err() {
         backoff = Some(Duration::from_secs(1));
         retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
