@@ -211,7 +211,7 @@ impl Reconciler {
             if self.last_outcomes.get(&o.id) != Some(&key) {
                 let ns = o.id.namespace.as_deref().unwrap_or("");
                 match o.condition {
-                    Condition::Applied => info!(policy_kind = %o.id.kind, policy_namespace = ns,
+                    Condition::Applied => debug!(policy_kind = %o.id.kind, policy_namespace = ns,
                         policy_name = %o.id.name, "{}: applied", o.id),
                     Condition::Pending => {
                         warn!(message_id = MSG_POLICY_PENDING, policy_kind = %o.id.kind,

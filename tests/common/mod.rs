@@ -8,8 +8,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const KEY: &str = "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KTUZrd0V3WUhLb1pJemowQ0FRWUlLb1pJemowREFRY0RRZ0FFCi0tLS0tRU5EIFBVQkxJQyBLRVktLS0tLQo=";
-pub const CERT: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJyb290Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K";
-pub const REKOR: &str = "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KUkVLT1JLRVlSRUtPUktFWQotLS0tLUVORCBQVUJMSUMgS0VZLS0tLS0K";
+pub const CERT: &str =
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJyb290Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K";
+pub const REKOR: &str =
+    "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KUkVLT1JLRVlSRUtPUktFWQotLS0tLUVORCBQVUJMSUMgS0VZLS0tLS0K";
 
 /// An original policy.json as distributions ship it: 4-space indent, trailing newline.
 pub const ORIGINAL_POLICY: &str = "{\n    \"default\": [\n        {\n            \"type\": \"insecureAcceptAnything\"\n        }\n    ],\n    \"transports\": {\n        \"docker-daemon\": {\n            \"\": [\n                {\n                    \"type\": \"insecureAcceptAnything\"\n                }\n            ]\n        }\n    }\n}\n";
@@ -48,13 +50,19 @@ pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T
 
 /// Writes a file the way a careful writer does: temp file, then rename.
 pub fn put(path: &Path, text: &str) {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 pub fn agentctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_agentctl")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// A temporary node: root/, manifests/, run/, state/ and a config file.
@@ -85,7 +93,14 @@ impl Node {
             ),
         )
         .unwrap();
-        Node { dir, root, manifests, socket, state, config }
+        Node {
+            dir,
+            root,
+            manifests,
+            socket,
+            state,
+            config,
+        }
     }
 
     pub fn file(&self, node_path: &str) -> Option<Vec<u8>> {
@@ -102,9 +117,14 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let agent = Agent { child: Some(child), socket: self.socket.clone() };
+        let agent = Agent {
+            child: Some(child),
+            socket: self.socket.clone(),
+        };
         wait_for("the daemon's socket", 20, || {
-            std::os::unix::net::UnixStream::connect(&self.socket).ok().map(|_| ())
+            std::os::unix::net::UnixStream::connect(&self.socket)
+                .ok()
+                .map(|_| ())
         });
         agent
     }
@@ -112,6 +132,23 @@ impl Node {
     /// Renders the manifests directory with `agentctl render` and the given
     /// base; returns node path → bytes.
     pub fn expected(&self, base: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        render_dir(&self.manifests, base)
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = agentctl(&[
+            "--socket",
+            self.socket.to_str().unwrap(),
+            "status",
+            "--json",
+        ]);
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What `agentctl render` writes for `manifests` on `base`: node path → bytes.
+pub fn render_dir(manifests: &Path, base: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    {
         let out = tempfile::tempdir().unwrap();
         let base_file = out.path().join("base.json");
         std::fs::write(&base_file, base).unwrap();
@@ -119,7 +156,7 @@ impl Node {
         agentctl(&[
             "render",
             "--manifests",
-            self.manifests.to_str().unwrap(),
+            manifests.to_str().unwrap(),
             "--base-policy",
             base_file.to_str().unwrap(),
             "--root",
@@ -145,11 +182,6 @@ impl Node {
         }
         m
     }
-
-    pub fn status_json(&self) -> serde_json::Value {
-        let o = agentctl(&["--socket", self.socket.to_str().unwrap(), "status", "--json"]);
-        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
-    }
 }
 
 /// A running daemon; killed by PID when dropped.
@@ -166,7 +198,11 @@ impl Agent {
     /// Sends SIGTERM and returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         let mut c = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         c.wait().unwrap().code()
     }
 
