@@ -160,6 +160,12 @@ impl ApplyReport {
     }
 }
 
+/// Files and state before an apply, for a rollback.
+pub struct Checkpoint {
+    files: Vec<(String, Option<Vec<u8>>)>,
+    state: State,
+}
+
 /// The base for rendering policy.json, plus whether it drifted.
 pub struct Base {
     pub bytes: Vec<u8>,
@@ -319,6 +325,38 @@ impl Applier {
             self.state_dir.drop_original(&fs.original);
         }
         Ok(report)
+    }
+
+    /// Records the current bytes of `paths` (and the state) so that
+    /// [`Applier::rollback`] can put them back.
+    pub fn checkpoint<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Checkpoint, ApplyError> {
+        let mut files = Vec::new();
+        for p in paths {
+            files.push((p.to_string(), self.root.read(p)?));
+        }
+        Ok(Checkpoint {
+            files,
+            state: self.state_dir.load()?,
+        })
+    }
+
+    /// Puts back what [`Applier::checkpoint`] recorded.
+    pub fn rollback(&self, cp: &Checkpoint) -> Result<(), ApplyError> {
+        for (path, bytes) in &cp.files {
+            let now = self.root.read(path)?;
+            if now != *bytes {
+                match bytes {
+                    Some(b) => self.root.write(path, b)?,
+                    None => {
+                        self.root.remove(path)?;
+                    }
+                }
+            }
+        }
+        self.state_dir.save(&cp.state)
     }
 
     /// Removes temporaries a killed writer left next to managed files.

@@ -27,6 +27,7 @@ struct Partial {
     source: Option<PartialSource>,
     agent: Option<PartialAgent>,
     crio: Option<PartialCrio>,
+    verify: Option<PartialVerify>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +50,16 @@ struct PartialAgent {
 #[serde(deny_unknown_fields)]
 struct PartialCrio {
     version: Option<String>,
+    socket: Option<PathBuf>,
+    binary: Option<String>,
+    check_config: Option<bool>,
+    reload_command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialVerify {
+    command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +78,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub debounce_ms: u64,
     pub render: RenderOptions,
+    /// CRI-O's socket, for `GET /config` (a real path).
+    pub crio_socket: PathBuf,
+    /// Program asked for the version when `crio.version` is not set.
+    pub crio_binary: String,
+    /// Check CRI-O's running configuration after writing.
+    pub crio_check_config: bool,
+    /// Run after files changed (e.g. `["systemctl", "reload", "crio"]`).
+    pub reload_command: Option<Vec<String>>,
+    /// Run with each written file's path as last argument; a failure puts
+    /// the previous files back.
+    pub verify_command: Option<Vec<String>>,
     /// The files the configuration was read from, in order.
     pub files: Vec<PathBuf>,
 }
@@ -89,6 +111,11 @@ impl Default for Config {
                     .collect(),
                 crio_version: None,
             },
+            crio_socket: PathBuf::from(crate::crio::DEFAULT_SOCKET),
+            crio_binary: "crio".into(),
+            crio_check_config: true,
+            reload_command: None,
+            verify_command: None,
             files: Vec::new(),
         }
     }
@@ -159,6 +186,29 @@ impl Config {
                         file.display()
                     ),
                 }
+            }
+            if let Some(v) = c.socket {
+                self.crio_socket = abs(v);
+            }
+            if let Some(v) = c.binary {
+                self.crio_binary = v;
+            }
+            if let Some(v) = c.check_config {
+                self.crio_check_config = v;
+            }
+            if let Some(v) = c.reload_command {
+                if v.is_empty() {
+                    bail!("{}: crio.reload_command must not be empty", file.display());
+                }
+                self.reload_command = Some(v);
+            }
+        }
+        if let Some(v) = p.verify {
+            if let Some(cmd) = v.command {
+                if cmd.is_empty() {
+                    bail!("{}: verify.command must not be empty", file.display());
+                }
+                self.verify_command = Some(cmd);
             }
         }
         self.files.push(file.to_path_buf());

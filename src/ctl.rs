@@ -2,7 +2,6 @@
 //! `render`) work without a daemon.
 
 use crate::manifests::{self, Loaded, ManifestSet};
-use crate::registries_d::NoMirrors;
 use crate::render::{self, CrioVersion, RenderOptions, Snapshot};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -54,6 +53,10 @@ pub enum Command {
         /// Base policy.json (default: OpenShift's template policy).
         #[arg(long)]
         base_policy: Option<PathBuf>,
+        /// The node's registries.conf: mirrors of each scope are added to
+        /// sigstore-registries.yaml.
+        #[arg(long)]
+        registries_conf: Option<PathBuf>,
         /// Output root: files go to ROOT/etc/containers/policy.json and so on.
         #[arg(long)]
         root: PathBuf,
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Render {
             manifests,
             base_policy,
+            registries_conf,
             root,
             crio_version,
             payload_repositories,
@@ -93,7 +97,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                     .filter(|s| !s.is_empty())
                     .collect();
             }
-            render_cmd(&manifests, base_policy.as_deref(), &root, options)
+            let mut mirrors = crate::registries_conf::RegistriesConf::default();
+            if let Some(f) = &registries_conf {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                mirrors
+                    .add_file(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            }
+            render_cmd(&manifests, base_policy.as_deref(), &root, options, &mirrors)
         }
     }
 }
@@ -127,6 +139,30 @@ fn status_cmd(socket: &Path, command: &str, json: bool) -> Result<i32> {
             writeln!(out, "  error: {e}")?;
         }
         writeln!(out, "root: {}", st.root)?;
+        let v = &st.crio.version;
+        writeln!(
+            out,
+            "CRI-O: {} ({})",
+            v.version.as_deref().unwrap_or("unknown"),
+            v.source
+        )?;
+        for g in &st.crio.gates {
+            writeln!(out, "  {g}")?;
+        }
+        match &st.crio.verification {
+            Some(ver) => writeln!(
+                out,
+                "  configuration check: {:?} at {}: {}",
+                ver.outcome, ver.time, ver.message
+            )?,
+            None => writeln!(out, "  configuration check: not done")?,
+        }
+        if let Some(e) = &st.crio.hook_error {
+            writeln!(out, "  hook: {e}")?;
+        }
+        for w in &st.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
         if let Some(l) = &st.last_reconcile {
             write!(out, "last reconcile: {} {}", l.time, l.outcome)?;
             if let Some(e) = &l.error {
@@ -219,6 +255,7 @@ fn render_cmd(
     base_policy: Option<&Path>,
     root: &Path,
     options: RenderOptions,
+    mirrors: &crate::registries_conf::RegistriesConf,
 ) -> Result<i32> {
     let set = manifests::load_dir(manifest_dir)
         .with_context(|| format!("reading manifests directory {}", manifest_dir.display()))?;
@@ -233,7 +270,8 @@ fn render_cmd(
         objects: set.validated(),
         base_policy: base,
         options,
-        mirrors: &NoMirrors,
+        mirrors,
+        foreign_registries_d: Default::default(),
     };
     let rendered = render::render(&snap)?;
     crate::preflight::check(&rendered, crio)?;

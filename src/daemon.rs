@@ -4,13 +4,14 @@
 
 use crate::apply::{sha256_hex, Applier, ApplyReport};
 use crate::config::Config;
+use crate::crio::{self, VerifyOutcome};
 use crate::logging::*;
 use crate::manifests::{self, Loaded, ManifestSet};
 use crate::model::ObjectRef;
-use crate::registries_d::NoMirrors;
 use crate::render::{
     self, Condition, Rendered, Snapshot, CRIO_POLICIES_DIR, POLICY_JSON, REGISTRIES_D_FILE,
 };
+use crate::status::CrioStatus;
 use crate::status::{
     self, FileStatus, LastReconcile, PolicyStatus, Request, Response, SourceStatus, Status,
 };
@@ -45,12 +46,34 @@ pub struct Reconciler {
     /// cannot be read (a half-edited file must not drop its policies).
     cache: BTreeMap<PathBuf, Vec<Loaded>>,
     last_outcomes: BTreeMap<ObjectRef, (Condition, String)>,
+    /// The CRI-O version in force (configured or detected).
+    crio_version: Option<render::CrioVersion>,
     pub status: Status,
+}
+
+fn gates(v: Option<render::CrioVersion>) -> Vec<String> {
+    [
+        ("sigstoreSigned", render::GATE_SIGSTORE),
+        ("fulcio and Rekor keys", render::GATE_REKOR_FULCIO),
+        ("namespace policy files", render::GATE_NAMESPACE_FILES),
+        ("pki", render::GATE_PKI),
+    ]
+    .iter()
+    .map(|(what, need)| {
+        let ok = v.is_none_or(|v| v >= *need);
+        format!(
+            "{what} (CRI-O ≥ {need}): {}",
+            if ok { "allowed" } else { "not written" }
+        )
+    })
+    .collect()
 }
 
 impl Reconciler {
     pub fn new(config: Config) -> Reconciler {
         let applier = Applier::new(&config.root, &config.state_dir);
+        let (crio_version, version_info) =
+            crio::detect_version(config.render.crio_version, &config.crio_binary);
         let status = Status {
             healthy: false,
             summary: "starting".into(),
@@ -63,14 +86,40 @@ impl Reconciler {
             last_reconcile: None,
             policies: Vec::new(),
             files: Vec::new(),
+            crio: CrioStatus {
+                version: version_info,
+                gates: gates(crio_version),
+                verification: None,
+                hook_error: None,
+            },
+            warnings: Vec::new(),
         };
         Reconciler {
             config,
             applier,
             cache: BTreeMap::new(),
             last_outcomes: BTreeMap::new(),
+            crio_version,
             status,
         }
+    }
+
+    /// Takes a new configuration (SIGHUP), detecting the CRI-O version again.
+    pub fn set_config(&mut self, config: Config) {
+        let (v, info) = crio::detect_version(config.render.crio_version, &config.crio_binary);
+        self.crio_version = v;
+        self.status.crio.version = info;
+        self.status.crio.gates = gates(v);
+        self.status.crio.verification = None;
+        self.status.source.path = config.source_path.display().to_string();
+        self.status.root = config.root.display().to_string();
+        self.applier = Applier::new(&config.root, &config.state_dir);
+        self.config = config;
+    }
+
+    /// True when CRI-O could not be asked and should be asked again later.
+    pub fn verification_pending(&self) -> bool {
+        matches!(&self.status.crio.verification, Some(v) if v.outcome == VerifyOutcome::Unreachable)
     }
 
     fn load(&mut self) -> Result<(Vec<Loaded>, Vec<String>)> {
@@ -115,7 +164,8 @@ impl Reconciler {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match &result {
             Ok((report, rendered)) => {
-                self.status.healthy = true;
+                self.status.healthy = !matches!(&self.status.crio.verification, Some(v) if v.outcome == VerifyOutcome::Mismatch)
+                    && self.status.crio.hook_error.is_none();
                 self.status.last_reconcile = Some(LastReconcile {
                     time: now,
                     outcome: "ok".into(),
@@ -171,6 +221,15 @@ impl Reconciler {
         for e in &self.status.source.errors {
             warn!("{e}");
         }
+        let root = crate::fsroot::Root::new(&self.config.root);
+        let (mirrors, mut warnings) = crate::registries_conf::load(&root);
+        let (foreign, foreign_errors) = crate::registries_d::foreign_scopes(&root);
+        warnings.extend(foreign_errors);
+        for w in &warnings {
+            warn!("{w}");
+        }
+        self.status.warnings = warnings;
+
         let base = self.applier.base(self.config.base_policy.as_deref())?;
         if base.drifted {
             warn!(
@@ -183,20 +242,80 @@ impl Reconciler {
             objects,
             ..Default::default()
         };
+        let mut options = self.config.render.clone();
+        options.crio_version = self.crio_version;
         let snap = Snapshot {
             objects: set.validated(),
             base_policy: base.bytes,
-            options: self.config.render.clone(),
-            mirrors: &NoMirrors,
+            options,
+            mirrors: &mirrors,
+            foreign_registries_d: foreign,
         };
         let rendered = render::render(&snap)?;
-        crate::preflight::check(&rendered, self.config.render.crio_version)?;
+        crate::preflight::check(&rendered, self.crio_version)?;
+
+        let checkpoint = match &self.config.verify_command {
+            Some(_) => {
+                let owned = self.applier.owned()?;
+                let paths: std::collections::BTreeSet<&str> = rendered
+                    .files
+                    .keys()
+                    .map(String::as_str)
+                    .chain(owned.iter().map(String::as_str))
+                    .collect();
+                Some(self.applier.checkpoint(paths)?)
+            }
+            None => None,
+        };
         let report = self.applier.apply(&rendered)?;
+        self.status.crio.hook_error = None;
+        if let (Some(cmd), Some(cp)) = (&self.config.verify_command, &checkpoint) {
+            for p in &report.written {
+                let real = crate::fsroot::display_path(&self.config.root, p);
+                if let Err(e) = crio::run_command(cmd, Some(&real)) {
+                    let msg = format!(
+                        "verify command rejected {p}: {e}; the previous files were put back"
+                    );
+                    error!(message_id = MSG_VERIFY_FAILED, file_path = %p, "{msg}");
+                    self.applier.rollback(cp)?;
+                    self.status.crio.hook_error = Some(msg.clone());
+                    anyhow::bail!(msg);
+                }
+            }
+        }
         for p in &report.written {
             info!(message_id = MSG_FILE_WRITTEN, file_path = %p, "wrote {p}");
         }
         for p in report.restored.iter().chain(&report.removed) {
             info!(message_id = MSG_FILE_RESTORED, file_path = %p, "restored {p} to its original state");
+        }
+        if report.changed() {
+            if let Some(cmd) = &self.config.reload_command {
+                if let Err(e) = crio::run_command(cmd, None) {
+                    warn!("reload command failed: {e}");
+                    self.status.crio.hook_error = Some(format!("reload command failed: {e}"));
+                }
+            }
+        }
+        let verified_ok =
+            matches!(&self.status.crio.verification, Some(v) if v.outcome == VerifyOutcome::Ok);
+        if self.config.crio_check_config && (report.changed() || !verified_ok) {
+            let ns_files = rendered
+                .files
+                .keys()
+                .any(|p| p.starts_with(CRIO_POLICIES_DIR));
+            let v = crio::verify(&self.config.crio_socket, &self.config.root, ns_files);
+            match v.outcome {
+                VerifyOutcome::Ok => debug!("{}", v.message),
+                VerifyOutcome::Unreachable => warn!("{}", v.message),
+                VerifyOutcome::Mismatch => {
+                    error!(
+                        message_id = MSG_VERIFY_FAILED,
+                        "CRI-O configuration mismatch: {}", v.message
+                    )
+                }
+            }
+            self.status.crio.verification = Some(v);
         }
         self.log_outcomes(&rendered);
         self.status.policies = rendered.outcomes.iter().map(PolicyStatus::from).collect();
@@ -451,6 +570,8 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
     if first.is_err() {
         backoff = Some(Duration::from_secs(1));
         retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+    } else if rec.verification_pending() {
+        retry_at = Some(tokio::time::Instant::now() + VERIFY_RETRY);
     }
     publish(&shared, &rec);
     notify_systemd(&[
@@ -502,8 +623,7 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
                         }
                         let mut c = c;
                         c.socket = rec.config.socket.clone();
-                        rec.config = c;
-                        rec.applier = Applier::new(&rec.config.root, &rec.config.state_dir);
+                        rec.set_config(c);
                         if rewatch {
                             watcher = watch(&rec.config, tx.clone());
                         }
@@ -535,6 +655,9 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
     }
 }
 
+/// While CRI-O cannot be asked (it may start after us), ask again this often.
+const VERIFY_RETRY: Duration = Duration::from_secs(30);
+
 fn run_reconcile(
     rec: &mut Reconciler,
     backoff: &mut Option<Duration>,
@@ -543,7 +666,9 @@ fn run_reconcile(
     match rec.reconcile() {
         Ok(_) => {
             *backoff = None;
-            *retry_at = None;
+            *retry_at = rec
+                .verification_pending()
+                .then(|| tokio::time::Instant::now() + VERIFY_RETRY);
         }
         Err(_) => {
             let b = backoff

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod crio;
 pub mod ctl;
 pub mod daemon;
 pub mod fsroot;
@@ -14,6 +15,7 @@ pub mod manifests;
 pub mod model;
 pub mod policy;
 pub mod preflight;
+pub mod registries_conf;
 pub mod registries_d;
 pub mod render;
 pub mod scope;

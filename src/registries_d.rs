@@ -126,6 +126,53 @@ pub fn render(scopes: &BTreeSet<String>) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
+/// `docker:` keys that other `*.yaml` files in the node's registries.d define
+/// (key → node path of the file), and the files that could not be read.
+pub fn foreign_scopes(
+    root: &crate::fsroot::Root,
+) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let mut keys = std::collections::BTreeMap::new();
+    let mut errors = Vec::new();
+    let ours = crate::render::REGISTRIES_D_FILE;
+    let Some(dir) = root
+        .resolve(ours)
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    else {
+        return (keys, errors);
+    };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return (keys, errors);
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".yaml") && format!("/etc/containers/registries.d/{n}") != ours)
+        .collect();
+    names.sort();
+    for n in names {
+        let node = format!("/etc/containers/registries.d/{n}");
+        let parsed = root
+            .read(&node)
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.ok_or_else(|| "vanished".to_string()))
+            .and_then(|b| {
+                serde_yaml_ng::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(v) => {
+                if let Some(d) = v.get("docker").and_then(|d| d.as_object()) {
+                    for k in d.keys() {
+                        keys.entry(k.clone()).or_insert_with(|| node.clone());
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("{node}: {e}")),
+        }
+    }
+    (keys, errors)
+}
+
 /// Re-reads a file this module wrote; the preflight check for registries.d.
 pub fn parse_keys(bytes: &[u8]) -> Result<Vec<String>, String> {
     let v: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())?;

@@ -91,6 +91,9 @@ pub struct Snapshot<'a> {
     pub base_policy: Vec<u8>,
     pub options: RenderOptions,
     pub mirrors: &'a dyn MirrorSource,
+    /// `docker:` scopes other registries.d files already define → that file.
+    /// A scope defined in two files breaks every pull, so ours leaves them out.
+    pub foreign_registries_d: BTreeMap<String, String>,
 }
 
 #[derive(
@@ -222,6 +225,8 @@ struct Skips {
     conflicts: Vec<String>,
     conflicting_cluster_scopes: BTreeSet<String>,
     gate: Option<CrioVersion>,
+    /// (registries.d key, the other file defining it)
+    collisions: BTreeSet<(String, String)>,
 }
 
 impl Skips {
@@ -252,6 +257,17 @@ impl Skips {
                 "scope(s) {} equal to or nested in ClusterImagePolicy scope(s) {} are not written; only the cluster policy applies there",
                 quote_list(&self.conflicts),
                 quote_list(&self.conflicting_cluster_scopes)
+            ));
+        }
+        if !self.collisions.is_empty() {
+            let list: Vec<String> = self
+                .collisions
+                .iter()
+                .map(|(k, f)| format!("{k:?} (defined in {f})"))
+                .collect();
+            parts.push(format!(
+                "registries.d scope(s) {} already defined by another file are left out of sigstore-registries.yaml (one scope in two files breaks every pull); signature lookup there follows that file",
+                list.join(", ")
             ));
         }
         if parts.is_empty() {
@@ -295,6 +311,8 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
     valid.sort_by(|a, b| a.id.cmp(&b.id));
 
     let mut skips: BTreeMap<&ObjectRef, Skips> = BTreeMap::new();
+    // Deployed scope → the objects that put it there.
+    let mut owners: BTreeMap<String, BTreeSet<&ObjectRef>> = BTreeMap::new();
     let mut cluster: ScopeReqs = BTreeMap::new();
     let mut candidates: Vec<(&PolicyObject, Vec<&String>)> = Vec::new();
     for obj in &valid {
@@ -321,6 +339,7 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
                 let req = requirement(obj);
                 for s in keep {
                     cluster.entry(s.clone()).or_default().push(req.clone());
+                    owners.entry(s.clone()).or_default().insert(&obj.id);
                 }
             }
             Kind::ImagePolicy => candidates.push((obj, keep)),
@@ -336,6 +355,7 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
         for s in keep {
             let covering: Vec<&String> = cluster.keys().filter(|c| scope::nested(s, c)).collect();
             if covering.is_empty() {
+                owners.entry(s.clone()).or_default().insert(&obj.id);
                 namespaces
                     .entry(ns)
                     .or_default()
@@ -346,6 +366,27 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
                 sk.conflicts.push(s.clone());
                 sk.conflicting_cluster_scopes
                     .extend(covering.into_iter().cloned());
+            }
+        }
+    }
+
+    // registries.d: every deployed scope and its mirrors, minus keys another
+    // file already defines (reported on the objects they come from).
+    let mut registries_d_keys: BTreeSet<String> = BTreeSet::new();
+    for (scope, objs) in &owners {
+        let keys = std::iter::once(scope.clone()).chain(snap.mirrors.mirror_scopes(scope));
+        for k in keys {
+            match snap.foreign_registries_d.get(&k) {
+                Some(file) => {
+                    for id in objs {
+                        if let Some(sk) = skips.get_mut(*id) {
+                            sk.collisions.insert((k.clone(), file.clone()));
+                        }
+                    }
+                }
+                None => {
+                    registries_d_keys.insert(k);
+                }
             }
         }
     }
@@ -381,17 +422,11 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
     };
     files.insert(POLICY_JSON.to_string(), policy_bytes);
 
-    let mut deployed: BTreeSet<String> = cluster.keys().cloned().collect();
     for (ns, scopes) in &namespaces {
-        deployed.extend(scopes.keys().cloned());
         let doc = merge(merged.clone(), scopes, Merge::Append);
         files.insert(format!("{CRIO_POLICIES_DIR}/{ns}.json"), doc.to_bytes());
     }
-    let mut with_mirrors = deployed.clone();
-    for s in &deployed {
-        with_mirrors.extend(snap.mirrors.mirror_scopes(s));
-    }
-    if let Some(y) = registries_d::render(&with_mirrors) {
+    if let Some(y) = registries_d::render(&registries_d_keys) {
         files.insert(REGISTRIES_D_FILE.to_string(), y);
     }
 

@@ -87,7 +87,7 @@ pub fn strip_tag_digest(s: &str) -> &str {
 }
 
 /// OpenShift's `ScopeIsNestedInsideScope`: `sub` equal to, or below, `sup`.
-fn nested_upstream(sub: &str, sup: &str) -> bool {
+pub fn nested_upstream(sub: &str, sup: &str) -> bool {
     if sub == sup {
         return true;
     }

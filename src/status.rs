@@ -78,6 +78,17 @@ pub struct FileStatus {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CrioStatus {
+    pub version: crate::crio::VersionInfo,
+    /// Which policy features the node's CRI-O can read.
+    pub gates: Vec<String>,
+    /// The last check of CRI-O's running configuration.
+    pub verification: Option<crate::crio::Verification>,
+    /// The last failure of the reload or verify command, if any.
+    pub hook_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub healthy: bool,
     /// One line, also sent to systemd as STATUS=.
@@ -87,6 +98,10 @@ pub struct Status {
     pub last_reconcile: Option<LastReconcile>,
     pub policies: Vec<PolicyStatus>,
     pub files: Vec<FileStatus>,
+    pub crio: CrioStatus,
+    /// Node files the agent reads but does not own and could not use
+    /// (registries.conf, other registries.d files).
+    pub warnings: Vec<String>,
 }
 
 impl Status {

@@ -48,9 +48,15 @@ fn lifecycle() {
     wait_for("policy.json rendered", 10, || {
         (node.file(POLICY)? == want[POLICY]).then_some(())
     });
-    assert_eq!(node.file(REGD).unwrap(), want[REGD]);
-    let st = node.status_json();
-    assert_eq!(condition(&st, "prod").as_deref(), Some("Applied"), "{st}");
+    // Files of one reconcile are written one after the other.
+    wait_for("registries.d rendered", 10, || {
+        (node.file(REGD)? == want[REGD]).then_some(())
+    });
+    // Status is published when the reconcile ends, just after the writes.
+    let st = wait_for("status after the reconcile", 10, || {
+        let st = node.status_json();
+        (condition(&st, "prod").as_deref() == Some("Applied")).then_some(st)
+    });
     let files: Vec<&str> = st["files"]
         .as_array()
         .unwrap()
@@ -152,8 +158,12 @@ fn lifecycle() {
         node.file("/etc/crio/policies/other.json").unwrap(),
         b"{\"foreign\": true}"
     );
-    let st = node.status_json();
-    assert_eq!(st["policies"].as_array().unwrap().len(), 0);
+    wait_for("status: no policies", 10, || {
+        node.status_json()["policies"]
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    });
     let o = agentctl(&["--socket", node.socket.to_str().unwrap(), "status"]);
     assert_eq!(o.status.code(), Some(0));
 

@@ -141,6 +141,7 @@ fn snapshot(objs: &[PolicyObject]) -> Snapshot<'static> {
         base_policy: render::OPENSHIFT_TEMPLATE_POLICY.as_bytes().to_vec(),
         options: RenderOptions::default(),
         mirrors: &NoMirrors,
+        foreign_registries_d: Default::default(),
     }
 }
 
