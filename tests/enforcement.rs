@@ -249,6 +249,11 @@ impl Lab {
 
     /// Builds a fresh image (content named after the reference) and pushes it.
     fn push(&self, repo_tag: &str, key: Option<&str>) {
+        self.push_as(repo_tag, key, None)
+    }
+
+    /// Like `push`, with the signature made for `identity` instead.
+    fn push_as(&self, repo_tag: &str, key: Option<&str>, identity: Option<&str>) {
         let layout = self.path(&format!("oci-{}", repo_tag.replace(['/', ':'], "_")));
         oci_layout(&layout, &format!("image {repo_tag}\n"));
         let mut c = Tools::get().skopeo();
@@ -259,6 +264,9 @@ impl Lab {
             c.arg("--sign-by-sigstore-private-key")
                 .arg(self.path(&format!("{k}.private")));
             c.arg("--sign-passphrase-file").arg(self.path("pass"));
+        }
+        if let Some(id) = identity {
+            c.arg("--sign-identity").arg(id);
         }
         c.arg(format!("oci:{}:v1", layout.display()));
         c.arg(format!("docker://{}", self.image(repo_tag)));
@@ -293,12 +301,25 @@ impl Lab {
 
     /// Pulls `repo_tag` under `policy` and `regd`: Ok on accept, Err(stderr) on reject.
     fn pull(&self, policy: &Path, regd: &Path, repo_tag: &str) -> Result<(), String> {
+        self.pull_with(policy, regd, None, repo_tag)
+    }
+
+    fn pull_with(
+        &self,
+        policy: &Path,
+        regd: &Path,
+        registries_conf: Option<&Path>,
+        repo_tag: &str,
+    ) -> Result<(), String> {
         let out = tempfile::tempdir().unwrap();
         let mut c = Tools::get().skopeo();
         c.arg("--policy")
             .arg(policy)
             .arg("--registries.d")
             .arg(regd);
+        if let Some(rc) = registries_conf {
+            c.arg("--registries-conf").arg(rc);
+        }
         c.args(["copy", "-q", "--src-tls-verify=false"]);
         c.arg(format!("docker://{}", self.image(repo_tag)));
         c.arg(format!("dir:{}", out.path().join("x").display()));
@@ -654,6 +675,48 @@ fn enforcement() {
     }
     lab.accepts(&p, &r, "idrepo/app:v1");
     eprintln!("scenario 4 (MatchRepository, ExactRepository, RemapIdentity accept what the default rejects): ok");
+
+    // 5. Mirrors: the policy names the logical repository; image and
+    //    signature live in a mirror listed in registries.conf. Accepted only
+    //    because sigstore-registries.yaml lists the mirror.
+    lab.push_as(
+        "mirrored/app:v1",
+        Some("k1"),
+        Some(&scope("logical/app:v1")),
+    );
+    let rc = lab.path("registries.conf");
+    std::fs::write(
+        &rc,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+            scope("logical"),
+            scope("mirrored")
+        ),
+    )
+    .unwrap();
+    let mirror_policy = [(
+        "c.yaml",
+        cip(
+            "logical",
+            &[&scope("logical")],
+            &Lab::key_rot(&lab.key1_pub),
+        ),
+    )];
+    let out = lab.render(
+        "s5",
+        &mirror_policy,
+        &["--registries-conf", rc.to_str().unwrap()],
+    );
+    let yaml = std::fs::read_to_string(regd(&out).join("sigstore-registries.yaml")).unwrap();
+    assert!(yaml.contains(&format!("{}:", scope("mirrored"))), "{yaml}");
+    lab.pull_with(&policy_json(&out), &regd(&out), Some(&rc), "logical/app:v1")
+        .unwrap_or_else(|e| panic!("mirrored image must be accepted: {e}"));
+    let out = lab.render("s5-no-mirrors", &mirror_policy, &[]);
+    match lab.pull_with(&policy_json(&out), &regd(&out), Some(&rc), "logical/app:v1") {
+        Ok(()) => panic!("without the mirror in registries.d the signature must not be found"),
+        Err(e) => assert!(e.contains(NO_SIGNATURE), "{e}"),
+    }
+    eprintln!("scenario 5 (mirror from registries.conf: signature found only because the mirror is in sigstore-registries.yaml): ok");
 
     // 6. PKI: a CA made here with openssl, an image signed by cosign with a
     //    leaf certificate (key in cosign's encrypted format).
