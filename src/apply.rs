@@ -147,6 +147,9 @@ impl StateDir {
 /// What a reconcile changed on disk, by node path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
+    /// sha256 of every file the render wants on disk (policy.json included
+    /// when it is the node's own).
+    pub digests: BTreeMap<String, String>,
     pub written: Vec<String>,
     /// Originals put back.
     pub restored: Vec<String>,
@@ -240,30 +243,31 @@ impl Applier {
     /// (usually: removed).
     pub fn apply(&self, r: &Rendered) -> Result<ApplyReport, ApplyError> {
         let mut st = self.state_dir.load()?;
+        self.settle(&mut st)?;
+        let before = st.clone();
         let mut report = ApplyReport::default();
-        let desired: BTreeMap<&str, &[u8]> = r
-            .files
-            .iter()
-            .filter(|(p, _)| !(p.as_str() == POLICY_JSON && r.policy_json_is_base))
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
-            .collect();
-
-        for (&path, &bytes) in &desired {
-            let disk = self.root.read(path)?;
+        // 1. What differs; originals saved and every write marked pending in
+        //    one state update, before any managed file is touched. Files are
+        //    produced one at a time and compared with disk without a copy.
+        let mut desired: BTreeSet<String> = BTreeSet::new();
+        let mut to_write: Vec<(String, String)> = Vec::new();
+        r.for_each_file(|path, bytes| -> Result<(), ApplyError> {
             let want = sha256_hex(bytes);
-            if disk.as_deref() == Some(bytes) {
+            report.digests.insert(path.to_string(), want.clone());
+            if path == POLICY_JSON && r.policy_json_is_base {
+                return Ok(());
+            }
+            desired.insert(path.to_string());
+            if self.root.same_as(path, bytes)? {
                 if let Some(fs) = st.files.get_mut(path) {
-                    if fs.written.as_deref() != Some(&want) || fs.pending.is_some() {
-                        fs.written = Some(want);
-                        fs.pending = None;
-                        self.state_dir.save(&st)?;
-                    }
+                    fs.written = Some(want);
+                    fs.pending = None;
                 }
-                continue;
+                return Ok(());
             }
             if !st.files.contains_key(path) {
-                let original = match &disk {
-                    Some(b) => self.state_dir.save_original(path, b)?,
+                let original = match self.root.read(path)? {
+                    Some(b) => self.state_dir.save_original(path, &b)?,
                     None => Original::Absent,
                 };
                 st.files.insert(
@@ -278,22 +282,32 @@ impl Applier {
             if let Some(fs) = st.files.get_mut(path) {
                 fs.pending = Some(want.clone());
             }
+            to_write.push((path.to_string(), want));
+            Ok(())
+        })?;
+        if st != before {
             self.state_dir.save(&st)?;
-            self.root.write(path, bytes)?;
-            if let Some(fs) = st.files.get_mut(path) {
+        }
+
+        // 2. The writes, each atomic; 3. confirmed in one state update.
+        for (path, want) in to_write {
+            let Some(bytes) = r.file(&path) else { continue };
+            self.root.write(&path, &bytes)?;
+            if let Some(fs) = st.files.get_mut(&path) {
                 fs.written = Some(want);
                 fs.pending = None;
             }
-            self.state_dir.save(&st)?;
-            report.written.push(path.to_string());
+            report.written.push(path);
         }
 
+        // 4. Owned files no longer wanted: original back, or removed.
         let stale: Vec<String> = st
             .files
             .keys()
-            .filter(|p| !desired.contains_key(p.as_str()))
+            .filter(|p| !desired.contains(p.as_str()))
             .cloned()
             .collect();
+        let mut dropped = Vec::new();
         for path in stale {
             let Some(fs) = st.files.get(&path).cloned() else {
                 continue;
@@ -321,10 +335,37 @@ impl Applier {
                 }
             }
             st.files.remove(&path);
+            dropped.push(fs.original);
+        }
+        if st != before {
             self.state_dir.save(&st)?;
-            self.state_dir.drop_original(&fs.original);
+        }
+        for o in &dropped {
+            self.state_dir.drop_original(o);
         }
         Ok(report)
+    }
+
+    /// After a crash between marking writes pending and confirming them:
+    /// whatever of ours is on disk becomes `written`, so that a new pending
+    /// value never makes our own earlier bytes look like someone else's.
+    fn settle(&self, st: &mut State) -> Result<(), ApplyError> {
+        let mut changed = false;
+        for (path, fs) in st.files.iter_mut() {
+            let Some(pending) = fs.pending.clone() else {
+                continue;
+            };
+            let disk = self.root.read(path)?.map(|b| sha256_hex(&b));
+            if disk.as_deref() == Some(pending.as_str()) {
+                fs.written = Some(pending);
+            }
+            fs.pending = None;
+            changed = true;
+        }
+        if changed {
+            self.state_dir.save(st)?;
+        }
+        Ok(())
     }
 
     /// Records the current bytes of `paths` (and the state) so that

@@ -275,13 +275,13 @@ fn render_cmd(
     };
     let rendered = render::render(&snap)?;
     crate::preflight::check(&rendered, crio)?;
-    for (path, bytes) in &rendered.files {
+    rendered.for_each_file(|path, bytes| -> Result<()> {
         let dest = under_root(root, path)?;
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(&dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
-    }
+        std::fs::write(&dest, bytes).with_context(|| format!("writing {}", dest.display()))
+    })?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = !set.errors.is_empty();
@@ -292,8 +292,8 @@ fn render_cmd(
         writeln!(out, "{}: {}: {}", o.id, o.condition, o.message)?;
         failed |= o.condition != render::Condition::Applied;
     }
-    for path in rendered.files.keys() {
-        eprintln!("wrote {}", under_root(root, path)?.display());
+    for path in rendered.paths() {
+        eprintln!("wrote {}", under_root(root, &path)?.display());
     }
     Ok(if failed { 1 } else { 0 })
 }

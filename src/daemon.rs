@@ -2,7 +2,7 @@
 //! latest snapshot, apply of the difference), serves status on a unix socket,
 //! and talks to systemd (READY/STATUS/WATCHDOG/STOPPING).
 
-use crate::apply::{sha256_hex, Applier, ApplyReport};
+use crate::apply::{Applier, ApplyReport};
 use crate::config::Config;
 use crate::crio::{self, VerifyOutcome};
 use crate::logging::*;
@@ -174,20 +174,16 @@ impl Reconciler {
                     files_restored: report.restored.len(),
                     files_removed: report.removed.len(),
                 });
-                self.status.files = rendered
-                    .files
+                self.status.files = report
+                    .digests
                     .iter()
-                    .map(|(p, b)| FileStatus {
+                    .map(|(p, sha)| FileStatus {
                         path: p.clone(),
-                        sha256: sha256_hex(b),
+                        sha256: sha.clone(),
                         managed: !(p == POLICY_JSON && rendered.policy_json_is_base),
                     })
                     .collect();
-                let namespaces = rendered
-                    .files
-                    .keys()
-                    .filter(|p| p.starts_with(CRIO_POLICIES_DIR))
-                    .count();
+                let namespaces = rendered.namespace_count();
                 self.status.summary = status::summary(&rendered.outcomes, namespaces, None);
             }
             Err(e) => {
@@ -257,13 +253,9 @@ impl Reconciler {
         let checkpoint = match &self.config.verify_command {
             Some(_) => {
                 let owned = self.applier.owned()?;
-                let paths: std::collections::BTreeSet<&str> = rendered
-                    .files
-                    .keys()
-                    .map(String::as_str)
-                    .chain(owned.iter().map(String::as_str))
-                    .collect();
-                Some(self.applier.checkpoint(paths)?)
+                let paths: std::collections::BTreeSet<String> =
+                    rendered.paths().into_iter().chain(owned).collect();
+                Some(self.applier.checkpoint(paths.iter().map(String::as_str))?)
             }
             None => None,
         };
@@ -300,10 +292,7 @@ impl Reconciler {
         let verified_ok =
             matches!(&self.status.crio.verification, Some(v) if v.outcome == VerifyOutcome::Ok);
         if self.config.crio_check_config && (report.changed() || !verified_ok) {
-            let ns_files = rendered
-                .files
-                .keys()
-                .any(|p| p.starts_with(CRIO_POLICIES_DIR));
+            let ns_files = rendered.namespace_count() > 0;
             let v = crio::verify(&self.config.crio_socket, &self.config.root, ns_files);
             match v.outcome {
                 VerifyOutcome::Ok => debug!("{}", v.message),

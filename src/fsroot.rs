@@ -75,6 +75,38 @@ impl Root {
         read_nofollow(&p)
     }
 
+    /// Whether the file holds exactly `bytes`, compared in chunks (no copy).
+    pub fn same_as(&self, node: &str, bytes: &[u8]) -> Result<bool, FsError> {
+        let p = self.resolve(node)?;
+        let mut f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&p)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(FsError::Symlink { path: p })
+            }
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        if f.metadata().map_err(io_err(&p))?.len() != bytes.len() as u64 {
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut off = 0;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(&p))?;
+            if n == 0 {
+                return Ok(off == bytes.len());
+            }
+            if off + n > bytes.len() || buf[..n] != bytes[off..off + n] {
+                return Ok(false);
+            }
+            off += n;
+        }
+    }
+
     /// Atomically replaces (or creates) the file with `bytes`, mode 0644;
     /// missing parent directories are created with mode 0755.
     pub fn write(&self, node: &str, bytes: &[u8]) -> Result<(), FsError> {

@@ -261,38 +261,167 @@ fn list<T>(
 /// Parses a policy file exactly as strictly as containers/image, and a bit
 /// more (empty key material and malformed docker scopes are errors too).
 pub fn parse(bytes: &[u8]) -> Result<Policy, PolicyError> {
-    let sv: Sv = serde_json::from_slice(bytes).map_err(|e| err("<file>", e.to_string()))?;
-    let top = P { path: "<file>" }.obj(&sv)?;
-    let f = fields("<file>", top, &["default", "transports"])?;
-    let default = match f.get("default") {
-        Some(v) => requirements("default", v)?,
-        None => return Err(err("<file>", "Default policy is missing")),
-    };
-    let mut transports = BTreeMap::new();
-    if let Some(t) = f.get("transports") {
-        let t = match t {
-            Sv::Null => &[][..],
-            t => P { path: "transports" }.obj(t)?,
-        };
-        for (name, scopes_v) in t {
-            let tpath = format!("transports.{name}");
-            let scopes_o = match scopes_v {
-                Sv::Null => &[][..],
-                v => P { path: &tpath }.obj(v)?,
-            };
-            let mut scopes = BTreeMap::new();
-            for (scope, reqs) in scopes_o {
-                let spath = format!("{tpath}[{scope:?}]");
-                check_scope(name, scope).map_err(|m| err(&spath, m))?;
-                scopes.insert(scope.clone(), requirements(&spath, reqs)?);
-            }
-            transports.insert(name.clone(), scopes);
+    parse_with(bytes, true)
+}
+
+/// The same checks as [`parse`], keeping nothing: memory stays at one
+/// scope's requirement list whatever the file's size (the preflight check).
+pub fn check(bytes: &[u8]) -> Result<(), PolicyError> {
+    parse_with(bytes, false).map(|_| ())
+}
+
+fn parse_with(bytes: &[u8], keep: bool) -> Result<Policy, PolicyError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let p = de::DeserializeSeed::deserialize(Top { keep }, &mut de).map_err(to_policy_error)?;
+    de.end().map_err(to_policy_error)?;
+    Ok(p)
+}
+
+/// Errors raised inside the visitors carry their path as "path: message".
+fn to_policy_error(e: serde_json::Error) -> PolicyError {
+    let text = e.to_string();
+    match text.split_once(": ") {
+        Some((path, msg))
+            if path.starts_with("transports")
+                || path.starts_with("default")
+                || path == "<file>" =>
+        {
+            err(path, msg)
         }
+        _ => err("<file>", text),
     }
-    Ok(Policy {
-        default,
-        transports,
-    })
+}
+
+fn de_err<E: de::Error>(e: PolicyError) -> E {
+    E::custom(format!("{}: {}", e.path, e.message))
+}
+
+struct Top {
+    keep: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Top {
+    type Value = Policy;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Policy, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top {
+    type Value = Policy;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a policy object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Policy, A::Error> {
+        let mut default = None;
+        let mut transports = BTreeMap::new();
+        let mut seen = Vec::new();
+        while let Some(k) = a.next_key::<String>()? {
+            if seen.contains(&k) {
+                return Err(de::Error::custom(format!("<file>: Duplicate key {k:?}")));
+            }
+            match k.as_str() {
+                "default" => {
+                    let v: Sv = a.next_value()?;
+                    default = Some(requirements("default", &v).map_err(de_err)?);
+                }
+                "transports" => {
+                    transports = a.next_value_seed(Transports { keep: self.keep })?;
+                }
+                other => return Err(de::Error::custom(format!("<file>: Unknown key {other:?}"))),
+            }
+            seen.push(k);
+        }
+        let default =
+            default.ok_or_else(|| de::Error::custom("<file>: Default policy is missing"))?;
+        Ok(Policy {
+            default,
+            transports,
+        })
+    }
+}
+
+struct Transports {
+    keep: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Transports {
+    type Value = BTreeMap<String, Scopes>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Transports {
+    type Value = BTreeMap<String, Scopes>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of transports")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(BTreeMap::new())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        let mut seen = Vec::new();
+        while let Some(name) = a.next_key::<String>()? {
+            if seen.contains(&name) {
+                return Err(de::Error::custom(format!(
+                    "transports: Duplicate key {name:?}"
+                )));
+            }
+            let scopes = a.next_value_seed(ScopeMap {
+                transport: &name,
+                keep: self.keep,
+            })?;
+            if self.keep {
+                out.insert(name.clone(), scopes);
+            }
+            seen.push(name);
+        }
+        Ok(out)
+    }
+}
+
+struct ScopeMap<'t> {
+    transport: &'t str,
+    keep: bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ScopeMap<'_> {
+    type Value = Scopes;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scopes, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScopeMap<'_> {
+    type Value = Scopes;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of scopes")
+    }
+    fn visit_unit<E>(self) -> Result<Scopes, E> {
+        Ok(BTreeMap::new())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Scopes, A::Error> {
+        let tpath = format!("transports.{}", self.transport);
+        let mut out = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(scope) = a.next_key::<String>()? {
+            let spath = format!("{tpath}[{scope:?}]");
+            if !seen.insert(scope.clone()) {
+                return Err(de::Error::custom(format!(
+                    "{tpath}: Duplicate key {scope:?}"
+                )));
+            }
+            check_scope(self.transport, &scope).map_err(|m| de_err(err(&spath, m)))?;
+            let v: Sv = a.next_value()?;
+            let reqs = requirements(&spath, &v).map_err(de_err)?;
+            if self.keep {
+                out.insert(scope, reqs);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Scope validation per transport, as containers/image does it (plus a sanity
@@ -716,7 +845,6 @@ enum J {
     Str(String),
     Arr(Vec<J>),
     Obj(Vec<(&'static str, J)>),
-    Map(Vec<(String, J)>),
 }
 
 fn b64(b: &[u8]) -> J {
@@ -922,7 +1050,13 @@ fn write_json(out: &mut String, j: &J, indent: usize) {
             out.push(']');
         }
         J::Obj(o) => write_members(out, o.iter().map(|(k, v)| (*k, v)).collect()),
-        J::Map(m) => write_members(out, m.iter().map(|(k, v)| (k.as_str(), v)).collect()),
+    }
+}
+
+fn pad(out: &mut String, n: usize) {
+    out.push('\n');
+    for _ in 0..n {
+        out.push_str("  ");
     }
 }
 
@@ -930,28 +1064,84 @@ impl Policy {
     /// The file bytes: 2-space indentation, keys in containers/image order,
     /// maps sorted bytewise, no trailing newline.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let transports = J::Map(
-            self.transports
-                .iter()
-                .map(|(t, scopes)| {
-                    (
-                        t.clone(),
-                        J::Map(
-                            scopes
-                                .iter()
-                                .map(|(s, r)| (s.clone(), reqs_json(r)))
-                                .collect(),
-                        ),
-                    )
-                })
-                .collect(),
-        );
-        let doc = J::Obj(vec![
-            ("default", reqs_json(&self.default)),
-            ("transports", transports),
-        ]);
+        self.to_bytes_with(&BTreeMap::new())
+    }
+
+    /// The bytes of this policy with `extra` scopes ANDed in: appended to
+    /// `docker`, and to `atomic` where that transport accepts the scope.
+    /// Written straight from both, without building the merged document.
+    pub fn to_bytes_with(&self, extra: &Scopes) -> Vec<u8> {
+        let extra_for = |t: &str| -> Vec<&String> {
+            match t {
+                "docker" => extra.keys().collect(),
+                "atomic" => extra
+                    .keys()
+                    .filter(|s| crate::scope::atomic_scope_ok(s))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut names: std::collections::BTreeSet<&str> =
+            self.transports.keys().map(String::as_str).collect();
+        for t in ["docker", "atomic"] {
+            if !extra_for(t).is_empty() {
+                names.insert(t);
+            }
+        }
+        let empty = BTreeMap::new();
         let mut out = String::new();
-        write_json(&mut out, &doc, 0);
+        out.push_str("{\n  \"default\": ");
+        write_json(&mut out, &reqs_json(&self.default), 1);
+        out.push_str(",\n  \"transports\": ");
+        if names.is_empty() {
+            out.push_str("{}");
+        } else {
+            out.push('{');
+            for (i, t) in names.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                pad(&mut out, 2);
+                write_str(&mut out, t);
+                out.push_str(": ");
+                let base = self.transports.get(*t).unwrap_or(&empty);
+                let add = extra_for(t);
+                let keys: std::collections::BTreeSet<&String> =
+                    base.keys().chain(add.iter().copied()).collect();
+                if keys.is_empty() {
+                    out.push_str("{}");
+                    continue;
+                }
+                out.push('{');
+                for (j, k) in keys.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    pad(&mut out, 3);
+                    write_str(&mut out, k);
+                    out.push_str(": [");
+                    let reqs = base.get(*k).into_iter().flatten().chain(
+                        if add.contains(k) { extra.get(*k) } else { None }
+                            .into_iter()
+                            .flatten(),
+                    );
+                    for (n, r) in reqs.enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        pad(&mut out, 4);
+                        write_json(&mut out, &requirement_json(r), 4);
+                    }
+                    pad(&mut out, 3);
+                    out.push(']');
+                }
+                pad(&mut out, 2);
+                out.push('}');
+            }
+            pad(&mut out, 1);
+            out.push('}');
+        }
+        out.push_str("\n}");
         out.into_bytes()
     }
 }

@@ -2,7 +2,7 @@
 //! checked against what the node's CRI-O can read, before anything is written.
 //! A failure here is a renderer bug; it must never reach disk.
 
-use crate::policy::{self, Policy, Requirement};
+use crate::policy::{self, Requirement};
 use crate::registries_d;
 use crate::render::{
     CrioVersion, Rendered, CRIO_POLICIES_DIR, GATE_NAMESPACE_FILES, GATE_PKI, GATE_REKOR_FULCIO,
@@ -15,13 +15,10 @@ pub struct PreflightError {
     pub message: String,
 }
 
-fn gate_of(p: &Policy) -> Option<CrioVersion> {
+/// The newest gate any requirement of `p` needs.
+fn gate_of<'a>(reqs: impl Iterator<Item = &'a Requirement>) -> Option<CrioVersion> {
     let mut need = None;
-    let all = p
-        .default
-        .iter()
-        .chain(p.transports.values().flat_map(|s| s.values().flatten()));
-    for r in all {
+    for r in reqs {
         if let Requirement::SigstoreSigned(s) = r {
             let v = if s.pki.is_some() {
                 GATE_PKI
@@ -37,31 +34,40 @@ fn gate_of(p: &Policy) -> Option<CrioVersion> {
 }
 
 /// Checks every file of `r`; `crio` is the node's CRI-O version when known.
+/// Every file is parsed back with the strict parser, one at a time.
 pub fn check(r: &Rendered, crio: Option<CrioVersion>) -> Result<(), PreflightError> {
-    for (path, bytes) in &r.files {
+    // The gates are checked on what the agent adds, not on the node's base.
+    if let Some(node) = crio {
+        let fail = |path: &str, message: String| PreflightError {
+            path: path.to_string(),
+            message,
+        };
+        if r.namespace_count() > 0 && node < GATE_NAMESPACE_FILES {
+            return Err(fail(
+                CRIO_POLICIES_DIR,
+                format!(
+                    "namespace policy files need CRI-O ≥ {GATE_NAMESPACE_FILES} (node has {node})"
+                ),
+            ));
+        }
+        for (path, reqs) in r.added_requirements() {
+            if let Some(need) = gate_of(reqs.into_iter()).filter(|need| node < *need) {
+                return Err(fail(
+                    &path,
+                    format!("uses a field that needs CRI-O ≥ {need} (node has {node})"),
+                ));
+            }
+        }
+    }
+    r.for_each_file(|path, bytes| {
         let fail = |message: String| PreflightError {
-            path: path.clone(),
+            path: path.to_string(),
             message,
         };
         if path.ends_with(".json") {
-            let p = policy::parse(bytes).map_err(|e| fail(e.to_string()))?;
-            if let Some(node) = crio {
-                let is_ns = path.starts_with(CRIO_POLICIES_DIR);
-                if is_ns && node < GATE_NAMESPACE_FILES {
-                    return Err(fail(format!("namespace policy files need CRI-O ≥ {GATE_NAMESPACE_FILES} (node has {node})")));
-                }
-                // The base is the node's own file: only what we add is gated.
-                if !(path.ends_with("/policy.json") && r.policy_json_is_base) {
-                    if let Some(need) = gate_of(&p).filter(|need| node < *need) {
-                        return Err(fail(format!(
-                            "uses a field that needs CRI-O ≥ {need} (node has {node})"
-                        )));
-                    }
-                }
-            }
+            policy::check(bytes).map_err(|e| fail(e.to_string()))
         } else {
-            registries_d::parse_keys(bytes).map_err(fail)?;
+            registries_d::parse_keys(bytes).map(|_| ()).map_err(fail)
         }
-    }
-    Ok(())
+    })
 }

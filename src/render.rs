@@ -124,14 +124,99 @@ pub struct Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    /// Node path → bytes, for every managed file that should exist.
-    /// policy.json is always present (it is the base verbatim when no cluster
-    /// scope is deployed).
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// policy.json: the base verbatim when no cluster scope is deployed.
+    policy_json: Vec<u8>,
     /// True when policy.json is the base, byte for byte: nothing to deploy there.
     pub policy_json_is_base: bool,
+    /// The merged cluster policy, from which namespace files are written.
+    cluster: Policy,
+    /// Namespace → its deployed scopes (ANDed onto the cluster policy).
+    namespaces: BTreeMap<String, ScopeReqs>,
+    registries_d: Option<Vec<u8>>,
     /// Sorted by object identity.
     pub outcomes: Vec<Outcome>,
+}
+
+/// Namespace files are produced one at a time when asked for, so memory
+/// stays near one file's size however many namespaces there are.
+impl Rendered {
+    /// Node paths of every managed file that should exist, in order.
+    pub fn paths(&self) -> Vec<String> {
+        let mut v = vec![POLICY_JSON.to_string()];
+        if self.registries_d.is_some() {
+            v.push(REGISTRIES_D_FILE.to_string());
+        }
+        v.extend(self.namespaces.keys().map(|ns| namespace_path(ns)));
+        v
+    }
+
+    pub fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    /// One file's bytes.
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        if path == POLICY_JSON {
+            return Some(self.policy_json.clone());
+        }
+        if path == REGISTRIES_D_FILE {
+            return self.registries_d.clone();
+        }
+        let ns = path
+            .strip_prefix(CRIO_POLICIES_DIR)?
+            .strip_prefix('/')?
+            .strip_suffix(".json")?;
+        self.namespaces
+            .get(ns)
+            .map(|scopes| self.cluster.to_bytes_with(scopes))
+    }
+
+    /// Calls `f` with each file in [`Rendered::paths`] order, one at a time.
+    pub fn for_each_file<E>(
+        &self,
+        mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        f(POLICY_JSON, &self.policy_json)?;
+        if let Some(y) = &self.registries_d {
+            f(REGISTRIES_D_FILE, y)?;
+        }
+        for (ns, scopes) in &self.namespaces {
+            f(&namespace_path(ns), &self.cluster.to_bytes_with(scopes))?;
+        }
+        Ok(())
+    }
+
+    /// The requirements the agent adds, by the file they go to (policy.json
+    /// unless it is the node's own, and each namespace's own scopes).
+    pub fn added_requirements(&self) -> Vec<(String, Vec<&Requirement>)> {
+        let mut v = Vec::new();
+        if !self.policy_json_is_base {
+            let c = &self.cluster;
+            let all = c
+                .default
+                .iter()
+                .chain(c.transports.values().flat_map(|s| s.values().flatten()));
+            v.push((POLICY_JSON.to_string(), all.collect()));
+        }
+        for (ns, scopes) in &self.namespaces {
+            v.push((namespace_path(ns), scopes.values().flatten().collect()));
+        }
+        v
+    }
+
+    /// Every file at once (tests and small renders).
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        let _ = self.for_each_file(|p, b| {
+            m.insert(p.to_string(), b.to_vec());
+            Ok::<(), ()>(())
+        });
+        m
+    }
+}
+
+pub fn namespace_path(ns: &str) -> String {
+    format!("{CRIO_POLICIES_DIR}/{ns}.json")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -412,27 +497,23 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
     }
     outcomes.sort_by(|a, b| a.id.cmp(&b.id).then(a.condition.cmp(&b.condition)));
 
-    let mut files = BTreeMap::new();
     let merged = merge(base, &cluster, Merge::Replace);
     let policy_json_is_base = cluster.is_empty();
-    let policy_bytes = if policy_json_is_base {
+    let policy_json = if policy_json_is_base {
         snap.base_policy.clone()
     } else {
         merged.to_bytes()
     };
-    files.insert(POLICY_JSON.to_string(), policy_bytes);
-
-    for (ns, scopes) in &namespaces {
-        let doc = merge(merged.clone(), scopes, Merge::Append);
-        files.insert(format!("{CRIO_POLICIES_DIR}/{ns}.json"), doc.to_bytes());
-    }
-    if let Some(y) = registries_d::render(&registries_d_keys) {
-        files.insert(REGISTRIES_D_FILE.to_string(), y);
-    }
-
+    let namespaces = namespaces
+        .into_iter()
+        .map(|(ns, scopes)| (ns.to_string(), scopes))
+        .collect();
     Ok(Rendered {
-        files,
+        policy_json,
         policy_json_is_base,
+        cluster: merged,
+        namespaces,
+        registries_d: registries_d::render(&registries_d_keys),
         outcomes,
     })
 }
@@ -441,8 +522,6 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
 enum Merge {
     /// Cluster scopes replace a base entry of the same name.
     Replace,
-    /// Namespace scopes are ANDed after what is already there.
-    Append,
 }
 
 fn merge(mut doc: Policy, scopes: &ScopeReqs, how: Merge) -> Policy {
@@ -459,7 +538,6 @@ fn merge(mut doc: Policy, scopes: &ScopeReqs, how: Merge) -> Policy {
                 Merge::Replace => {
                     t.insert(s.clone(), reqs.clone());
                 }
-                Merge::Append => t.entry(s.clone()).or_default().extend(reqs.iter().cloned()),
             }
         }
         if t.is_empty() {

@@ -194,7 +194,7 @@ proptest! {
     fn every_rendered_file_passes_the_strict_parser(objs in objects()) {
         let r = render::render(&snapshot(&objs)).unwrap();
         prop_assert!(image_policy_agent::preflight::check(&r, None).is_ok());
-        for (path, bytes) in &r.files {
+        for (path, bytes) in &r.files() {
             if path.ends_with(".json") {
                 let p = policy::parse(bytes).unwrap();
                 // Parsing and writing again is the identity on our own output.
@@ -208,10 +208,10 @@ proptest! {
     #[test]
     fn namespaces_cannot_change_cluster_covered_images(objs in objects()) {
         let r = render::render(&snapshot(&objs)).unwrap();
-        let cluster = policy::parse(&r.files[render::POLICY_JSON]).unwrap();
+        let cluster = policy::parse(&r.file(render::POLICY_JSON).unwrap()).unwrap();
         let base = policy::parse(render::OPENSHIFT_TEMPLATE_POLICY.as_bytes()).unwrap();
         let base_docker = base.transports.get("docker").cloned().unwrap_or_default();
-        for (path, bytes) in &r.files {
+        for (path, bytes) in &r.files() {
             if !path.starts_with(render::CRIO_POLICIES_DIR) {
                 continue;
             }
