@@ -246,32 +246,23 @@ impl Applier {
         self.settle(&mut st)?;
         let before = st.clone();
         let mut report = ApplyReport::default();
-        // 1. What differs; originals saved and every write marked pending in
-        //    one state update, before any managed file is touched. Files are
-        //    produced one at a time and compared with disk without a copy.
-        let mut desired: BTreeSet<String> = BTreeSet::new();
-        let mut to_write: Vec<(String, String)> = Vec::new();
-        r.for_each_file(|path, bytes| -> Result<(), ApplyError> {
-            let want = sha256_hex(bytes);
-            report.digests.insert(path.to_string(), want.clone());
-            if path == POLICY_JSON && r.policy_json_is_base {
-                return Ok(());
-            }
-            desired.insert(path.to_string());
-            if self.root.same_as(path, bytes)? {
-                if let Some(fs) = st.files.get_mut(path) {
-                    fs.written = Some(want);
-                    fs.pending = None;
-                }
-                return Ok(());
-            }
+        // 1. Before any managed file is touched, in one state update: the
+        //    originals of paths written for the first time, and policy.json's
+        //    pending digest (the only file whose content later serves as a
+        //    base, so the only one that must never look like someone else's).
+        let paths: Vec<String> = r
+            .paths()
+            .into_iter()
+            .filter(|p| !(p == POLICY_JSON && r.policy_json_is_base))
+            .collect();
+        for path in &paths {
             if !st.files.contains_key(path) {
                 let original = match self.root.read(path)? {
                     Some(b) => self.state_dir.save_original(path, &b)?,
                     None => Original::Absent,
                 };
                 st.files.insert(
-                    path.to_string(),
+                    path.clone(),
                     FileState {
                         original,
                         written: None,
@@ -279,26 +270,38 @@ impl Applier {
                     },
                 );
             }
-            if let Some(fs) = st.files.get_mut(path) {
-                fs.pending = Some(want.clone());
+        }
+        if !r.policy_json_is_base {
+            if let (Some(fs), Some(bytes)) = (st.files.get_mut(POLICY_JSON), r.file(POLICY_JSON)) {
+                let want = sha256_hex(&bytes);
+                if fs.written.as_deref() != Some(want.as_str()) {
+                    fs.pending = Some(want);
+                }
             }
-            to_write.push((path.to_string(), want));
-            Ok(())
-        })?;
+        }
         if st != before {
             self.state_dir.save(&st)?;
         }
 
-        // 2. The writes, each atomic; 3. confirmed in one state update.
-        for (path, want) in to_write {
-            let Some(bytes) = r.file(&path) else { continue };
-            self.root.write(&path, &bytes)?;
-            if let Some(fs) = st.files.get_mut(&path) {
+        // 2. Each file produced once, compared with disk without a copy, and
+        //    written (atomically) only where it differs; 3. confirmed below.
+        let desired: BTreeSet<String> = paths.into_iter().collect();
+        r.for_each_file(|path, bytes| -> Result<(), ApplyError> {
+            let want = sha256_hex(bytes);
+            report.digests.insert(path.to_string(), want.clone());
+            if !desired.contains(path) {
+                return Ok(());
+            }
+            if !self.root.same_as(path, bytes)? {
+                self.root.write(path, bytes)?;
+                report.written.push(path.to_string());
+            }
+            if let Some(fs) = st.files.get_mut(path) {
                 fs.written = Some(want);
                 fs.pending = None;
             }
-            report.written.push(path);
-        }
+            Ok(())
+        })?;
 
         // 4. Owned files no longer wanted: original back, or removed.
         let stale: Vec<String> = st

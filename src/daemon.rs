@@ -27,6 +27,25 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+/// Command line of `image-policy-agent`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "image-policy-agent",
+    version,
+    about = "Node agent: turns ClusterImagePolicy/ImagePolicy into CRI-O signature policies",
+    long_about = "Watches ClusterImagePolicy and ImagePolicy manifests and writes /etc/containers/policy.json, \
+/etc/crio/policies/<namespace>.json and /etc/containers/registries.d/sigstore-registries.yaml atomically, \
+restoring the node's original policy.json when no policy is left. Runs in the foreground under systemd \
+(Type=notify); status is served on a unix socket (see agentctl(8)); configuration in image-policy-agent.toml(5)."
+)]
+pub struct Args {
+    /// Main configuration file (default /etc/image-policy-agent/config.toml);
+    /// drop-ins are read from /usr/lib/image-policy-agent/config.d and from
+    /// config.d beside this file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
 /// The longest a burst of changes can delay a reconcile.
 const MAX_DEBOUNCE_FACTOR: u32 = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
