@@ -235,9 +235,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError>
         // The mode given to open is masked by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err(&tmp))?;
+        // Owned by root, as on a node; chown only when that is not already so
+        // (the sandbox filters the chown calls as privileged).
         if nix::unistd::geteuid().is_root() {
-            nix::unistd::fchown(&f, Some(0.into()), Some(0.into()))
-                .map_err(|e| io_err(&tmp)(e.into()))?;
+            use std::os::unix::fs::MetadataExt;
+            let m = f.metadata().map_err(io_err(&tmp))?;
+            if m.uid() != 0 || m.gid() != 0 {
+                nix::unistd::fchown(&f, Some(0.into()), Some(0.into()))
+                    .map_err(|e| io_err(&tmp)(e.into()))?;
+            }
         }
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;

@@ -4,7 +4,6 @@
 //! Journal fields: `POLICY_KIND`, `POLICY_NAME`, `POLICY_NAMESPACE`,
 //! `FILE_PATH`, `SCOPE`, and a stable `MESSAGE_ID` per event type below.
 
-use std::os::unix::fs::MetadataExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -23,10 +22,11 @@ pub fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.split_once(':') else {
         return false;
     };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+    // fstat(2), not /proc: the sandbox may hide /proc.
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
     };
-    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// Installs the global subscriber. `IMAGE_POLICY_AGENT_LOG=debug` raises the level.
@@ -39,17 +39,25 @@ pub fn init() {
         _ => tracing::Level::INFO,
     };
     let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     if stderr_is_journal() {
-        if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer
-                .with_field_prefix(None)
-                .with_syslog_identifier("image-policy-agent".into());
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .init();
-            return;
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("image-policy-agent".into());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!(
+                "image-policy-agent: cannot log to the journal natively ({e}); plain lines follow"
+            ),
         }
+    } else if journal {
+        eprintln!("image-policy-agent: JOURNAL_STREAM is set but stderr is not that stream; plain lines follow");
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
