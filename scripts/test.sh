@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(systemd util-linux docker-registry skopeo openssl python3 python3-nacl python3-cryptography)
+packages=(systemd util-linux docker-registry skopeo openssl python3 python3-nacl python3-cryptography
+          rpm rpmlint rpm2cpio cpio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -18,3 +19,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# The RPM: build, file list, rpmlint, unit checks, installed tree under systemd.
+packaging/check-rpm.sh
