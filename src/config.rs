@@ -103,7 +103,7 @@ impl Default for Config {
             socket: PathBuf::from("/run/image-policy-agent/agent.sock"),
             socket_group: None,
             state_dir: PathBuf::from("/var/lib/image-policy-agent"),
-            debounce_ms: 50,
+            debounce_ms: 20,
             render: RenderOptions {
                 payload_repositories: DEFAULT_PAYLOAD_REPOSITORIES
                     .iter()
