@@ -18,6 +18,9 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+# Everything but the enforcement suite, then that suite with its one line
+# per scenario shown.
+cargo test --locked -- --skip enforcement
+cargo test --locked --test enforcement -- --nocapture
 # The RPM: build, file list, rpmlint, unit checks, installed tree under systemd.
 packaging/check-rpm.sh
