@@ -497,7 +497,7 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
     }
     outcomes.sort_by(|a, b| a.id.cmp(&b.id).then(a.condition.cmp(&b.condition)));
 
-    let merged = merge(base, &cluster, Merge::Replace);
+    let merged = merge_cluster(base, &cluster);
     let policy_json_is_base = cluster.is_empty();
     let policy_json = if policy_json_is_base {
         snap.base_policy.clone()
@@ -518,26 +518,18 @@ pub fn render(snap: &Snapshot) -> Result<Rendered, RenderError> {
     })
 }
 
-#[derive(Clone, Copy)]
-enum Merge {
-    /// Cluster scopes replace a base entry of the same name.
-    Replace,
-}
-
-fn merge(mut doc: Policy, scopes: &ScopeReqs, how: Merge) -> Policy {
+/// policy.json: cluster scopes replace a base entry of the same name (in
+/// `docker`, and in `atomic` where that transport accepts the scope).
+/// Namespace scopes are ANDed on at write time (`Policy::to_bytes_with`).
+fn merge_cluster(mut doc: Policy, scopes: &ScopeReqs) -> Policy {
     if scopes.is_empty() {
         return doc;
     }
     for (transport, filter) in [("docker", false), ("atomic", true)] {
         let t = doc.transports.entry(transport.to_string()).or_default();
         for (s, reqs) in scopes {
-            if filter && !scope::atomic_scope_ok(s) {
-                continue;
-            }
-            match how {
-                Merge::Replace => {
-                    t.insert(s.clone(), reqs.clone());
-                }
+            if !filter || scope::atomic_scope_ok(s) {
+                t.insert(s.clone(), reqs.clone());
             }
         }
         if t.is_empty() {
