@@ -52,7 +52,7 @@ pub fn detect_version(
             None,
             VersionInfo {
                 version: None,
-                source: format!("unknown ({why}); treated as the newest"),
+                source: format!("{why}; treated as the newest"),
             },
         )
     };
