@@ -176,6 +176,65 @@ pub struct Base {
     pub drifted: bool,
 }
 
+/// What should be on disk: the renderer's output, or files taken verbatim
+/// from a MachineConfig.
+pub trait Desired {
+    /// Node paths of every managed file that should exist.
+    fn paths(&self) -> Vec<String>;
+    /// policy.json is the node's own: nothing of ours to deploy there.
+    fn policy_json_is_base(&self) -> bool;
+    fn file(&self, path: &str) -> Option<Vec<u8>>;
+    /// Calls `f` with each file, one at a time.
+    fn each_file(
+        &self,
+        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError>;
+}
+
+impl Desired for Rendered {
+    fn paths(&self) -> Vec<String> {
+        Rendered::paths(self)
+    }
+    fn policy_json_is_base(&self) -> bool {
+        self.policy_json_is_base
+    }
+    fn file(&self, path: &str) -> Option<Vec<u8>> {
+        Rendered::file(self, path)
+    }
+    fn each_file(
+        &self,
+        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        self.for_each_file(f)
+    }
+}
+
+/// Files to deploy exactly as given (node path → bytes). A policy.json that
+/// is not among them means the node's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileSet(pub BTreeMap<String, Vec<u8>>);
+
+impl Desired for FileSet {
+    fn paths(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+    fn policy_json_is_base(&self) -> bool {
+        !self.0.contains_key(POLICY_JSON)
+    }
+    fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.0.get(path).cloned()
+    }
+    fn each_file(
+        &self,
+        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        for (p, b) in &self.0 {
+            f(p, b)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Applier {
     pub root: Root,
     pub state_dir: StateDir,
@@ -241,7 +300,7 @@ impl Applier {
     /// Brings disk to `r`. policy.json is restored when `r` says it is the
     /// base; every other owned file that `r` no longer has is restored
     /// (usually: removed).
-    pub fn apply(&self, r: &Rendered) -> Result<ApplyReport, ApplyError> {
+    pub fn apply(&self, r: &impl Desired) -> Result<ApplyReport, ApplyError> {
         let mut st = self.state_dir.load()?;
         self.settle(&mut st)?;
         let before = st.clone();
@@ -253,7 +312,7 @@ impl Applier {
         let paths: Vec<String> = r
             .paths()
             .into_iter()
-            .filter(|p| !(p == POLICY_JSON && r.policy_json_is_base))
+            .filter(|p| !(p == POLICY_JSON && r.policy_json_is_base()))
             .collect();
         for path in &paths {
             if !st.files.contains_key(path) {
@@ -271,7 +330,7 @@ impl Applier {
                 );
             }
         }
-        if !r.policy_json_is_base {
+        if !r.policy_json_is_base() {
             if let (Some(fs), Some(bytes)) = (st.files.get_mut(POLICY_JSON), r.file(POLICY_JSON)) {
                 let want = sha256_hex(&bytes);
                 if fs.written.as_deref() != Some(want.as_str()) {
@@ -286,7 +345,7 @@ impl Applier {
         // 2. Each file produced once, compared with disk without a copy, and
         //    written (atomically) only where it differs; 3. confirmed below.
         let desired: BTreeSet<String> = paths.into_iter().collect();
-        r.for_each_file(|path, bytes| -> Result<(), ApplyError> {
+        r.each_file(&mut |path, bytes| -> Result<(), ApplyError> {
             let want = sha256_hex(bytes);
             report.digests.insert(path.to_string(), want.clone());
             if !desired.contains(path) {

@@ -14,8 +14,29 @@ pub const VENDOR_DROPINS: &str = "/usr/lib/image-policy-agent/config.d";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
+    /// A directory of YAML/JSON manifests.
     Manifests,
+    /// The Kubernetes API (watch).
+    Kube,
+    /// A MachineConfig or Ignition file with the files already rendered.
+    #[serde(rename = "machineconfig")]
+    MachineConfig,
 }
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Manifests => "manifests",
+            SourceKind::Kube => "kube",
+            SourceKind::MachineConfig => "machineconfig",
+        }
+    }
+}
+
+pub const DEFAULT_MANIFESTS_DIR: &str = "/etc/image-policy-agent/policies.d";
+/// Where OpenShift's machine-config-daemon keeps the node's current
+/// (rendered) MachineConfig; the default file of the machineconfig source.
+pub const DEFAULT_MACHINECONFIG_FILE: &str = "/etc/machine-config-daemon/currentconfig";
 
 /// One file's content: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +56,7 @@ struct Partial {
 struct PartialSource {
     kind: Option<SourceKind>,
     path: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,8 +92,10 @@ pub struct Config {
     /// (a real path, not under `root`).
     pub base_policy: Option<PathBuf>,
     pub source_kind: SourceKind,
-    /// Manifests directory (a real path).
+    /// Manifests directory, or the MachineConfig file (a real path).
     pub source_path: PathBuf,
+    /// kube source: kubeconfig file; None: `KUBECONFIG`, else in-cluster.
+    pub kubeconfig: Option<PathBuf>,
     pub socket: PathBuf,
     /// Group allowed to read status (name or numeric gid); default: ours.
     pub socket_group: Option<String>,
@@ -99,7 +123,8 @@ impl Default for Config {
             root: PathBuf::from("/"),
             base_policy: None,
             source_kind: SourceKind::Manifests,
-            source_path: PathBuf::from("/etc/image-policy-agent/policies.d"),
+            source_path: PathBuf::from(DEFAULT_MANIFESTS_DIR),
+            kubeconfig: None,
             socket: PathBuf::from("/run/image-policy-agent/agent.sock"),
             socket_group: None,
             state_dir: PathBuf::from("/var/lib/image-policy-agent"),
@@ -161,6 +186,9 @@ impl Config {
             }
             if let Some(v) = s.path {
                 self.source_path = abs(v);
+            }
+            if let Some(v) = s.kubeconfig {
+                self.kubeconfig = Some(abs(v));
             }
         }
         if let Some(a) = p.agent {
@@ -246,6 +274,11 @@ impl Config {
             for f in dropins(&dir.join("config.d"))? {
                 c.read_file(&f)?;
             }
+        }
+        if c.source_kind == SourceKind::MachineConfig
+            && c.source_path == Path::new(DEFAULT_MANIFESTS_DIR)
+        {
+            c.source_path = PathBuf::from(DEFAULT_MACHINECONFIG_FILE);
         }
         if !c.root.is_absolute() {
             bail!("root {:?} must be an absolute path", c.root);

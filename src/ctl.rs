@@ -68,6 +68,10 @@ pub enum Command {
         #[arg(long = "payload-repository")]
         payload_repositories: Vec<String>,
     },
+    /// Print CustomResourceDefinitions for ClusterImagePolicy and ImagePolicy
+    /// (config.openshift.io, v1 stored, v1alpha1 served), for clusters that
+    /// do not have them: `agentctl crd | kubectl apply -f -`.
+    Crd,
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -76,6 +80,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status { json } => status_cmd(&cli.socket, "status", json),
         Command::Resync => status_cmd(&cli.socket, "resync", false),
         Command::Validate { files } => validate(&files),
+        Command::Crd => {
+            std::io::stdout().write_all(crate::crd::yaml().as_bytes())?;
+            Ok(0)
+        }
         Command::Render {
             manifests,
             base_policy,
@@ -135,6 +143,47 @@ fn status_cmd(socket: &Path, command: &str, json: bool) -> Result<i32> {
         let health = if st.healthy { "healthy" } else { "DEGRADED" };
         writeln!(out, "image-policy-agent: {health}: {}", st.summary)?;
         writeln!(out, "source: {} {}", st.source.kind, st.source.path)?;
+        if let Some(k) = &st.source.kube {
+            let state = if k.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            };
+            writeln!(
+                out,
+                "  server: {} ({})",
+                k.server.as_deref().unwrap_or("not known yet"),
+                k.api_version
+                    .as_deref()
+                    .unwrap_or("API version not discovered yet")
+            )?;
+            writeln!(
+                out,
+                "  {state} since {}; last event {}",
+                k.since.as_deref().unwrap_or("start"),
+                k.last_event.as_deref().unwrap_or("none")
+            )?;
+            if !k.synced {
+                writeln!(out, "  not listed yet: node files left as they are")?;
+            }
+            if let Some(e) = &k.last_error {
+                writeln!(out, "  last error: {e}")?;
+            }
+            writeln!(
+                out,
+                "  objects: {} ClusterImagePolicy, {} ImagePolicy",
+                k.cluster_image_policies, k.image_policies
+            )?;
+        }
+        if let Some(m) = &st.source.machineconfig {
+            match &m.name {
+                Some(n) => writeln!(out, "  MachineConfig {n}: {} managed files", m.files)?,
+                None => writeln!(out, "  Ignition config: {} managed files", m.files)?,
+            }
+            for s in &m.skipped {
+                writeln!(out, "  skipped: {s}")?;
+            }
+        }
         for e in &st.source.errors {
             writeln!(out, "  error: {e}")?;
         }

@@ -2,8 +2,8 @@
 //! latest snapshot, apply of the difference), serves status on a unix socket,
 //! and talks to systemd (READY/STATUS/WATCHDOG/STOPPING).
 
-use crate::apply::{Applier, ApplyReport};
-use crate::config::Config;
+use crate::apply::{Applier, ApplyReport, Desired};
+use crate::config::{Config, SourceKind};
 use crate::crio::{self, VerifyOutcome};
 use crate::logging::*;
 use crate::manifests::{self, Loaded, ManifestSet};
@@ -13,7 +13,8 @@ use crate::render::{
 };
 use crate::status::CrioStatus;
 use crate::status::{
-    self, FileStatus, LastReconcile, PolicyStatus, Request, Response, SourceStatus, Status,
+    self, FileStatus, LastReconcile, McSourceStatus, PolicyStatus, Request, Response, SourceStatus,
+    Status,
 };
 use anyhow::{Context, Result};
 use notify::Watcher;
@@ -64,10 +65,30 @@ pub struct Reconciler {
     /// Last good objects of each manifest file, kept in force while the file
     /// cannot be read (a half-edited file must not drop its policies).
     cache: BTreeMap<PathBuf, Vec<Loaded>>,
+    /// The kube source's objects (set by the daemon in kube mode).
+    pub kube: Option<crate::kubesource::Shared>,
     last_outcomes: BTreeMap<ObjectRef, (Condition, String)>,
     /// The CRI-O version in force (configured or detected).
     crio_version: Option<render::CrioVersion>,
     pub status: Status,
+}
+
+/// What status shows as the source's location.
+fn source_path(c: &Config) -> String {
+    match c.source_kind {
+        SourceKind::Kube => match &c.kubeconfig {
+            Some(p) => format!("kubeconfig {}", p.display()),
+            None => "kubeconfig from $KUBECONFIG or in-cluster".into(),
+        },
+        _ => c.source_path.display().to_string(),
+    }
+}
+
+/// What a reconcile did, for status.
+struct Done {
+    report: ApplyReport,
+    policy_json_is_base: bool,
+    summary: String,
 }
 
 fn gates(v: Option<render::CrioVersion>) -> Vec<String> {
@@ -97,9 +118,11 @@ impl Reconciler {
             healthy: false,
             summary: "starting".into(),
             source: SourceStatus {
-                kind: "manifests".into(),
-                path: config.source_path.display().to_string(),
+                kind: config.source_kind.as_str().into(),
+                path: source_path(&config),
                 errors: Vec::new(),
+                kube: None,
+                machineconfig: None,
             },
             root: config.root.display().to_string(),
             last_reconcile: None,
@@ -116,6 +139,7 @@ impl Reconciler {
         Reconciler {
             config,
             applier,
+            kube: None,
             cache: BTreeMap::new(),
             last_outcomes: BTreeMap::new(),
             crio_version,
@@ -130,7 +154,10 @@ impl Reconciler {
         self.status.crio.version = info;
         self.status.crio.gates = gates(v);
         self.status.crio.verification = None;
-        self.status.source.path = config.source_path.display().to_string();
+        self.status.source.kind = config.source_kind.as_str().into();
+        self.status.source.path = source_path(&config);
+        self.status.source.kube = None;
+        self.status.source.machineconfig = None;
         self.status.root = config.root.display().to_string();
         self.applier = Applier::new(&config.root, &config.state_dir);
         self.config = config;
@@ -182,7 +209,15 @@ impl Reconciler {
         let result = self.try_reconcile();
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match &result {
-            Ok((report, rendered)) => {
+            Ok(None) => {
+                // Nothing known yet: the node's files stay as they are.
+                self.status.healthy = false;
+                self.status.summary =
+                    "waiting for the first complete list from the API server; node files left as they are"
+                        .into();
+            }
+            Ok(Some(done)) => {
+                let report = &done.report;
                 self.status.healthy = !matches!(&self.status.crio.verification, Some(v) if v.outcome == VerifyOutcome::Mismatch)
                     && self.status.crio.hook_error.is_none();
                 self.status.last_reconcile = Some(LastReconcile {
@@ -199,11 +234,10 @@ impl Reconciler {
                     .map(|(p, sha)| FileStatus {
                         path: p.clone(),
                         sha256: sha.clone(),
-                        managed: !(p == POLICY_JSON && rendered.policy_json_is_base),
+                        managed: !(p == POLICY_JSON && done.policy_json_is_base),
                     })
                     .collect();
-                let namespaces = rendered.namespace_count();
-                self.status.summary = status::summary(&rendered.outcomes, namespaces, None);
+                self.status.summary = done.summary.clone();
             }
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -227,11 +261,35 @@ impl Reconciler {
                 self.status.summary = format!("{first}; last reconcile failed: {msg}");
             }
         }
-        result.map(|(r, _)| r)
+        if let Some(k) = &self.kube {
+            if let Ok(st) = k.lock() {
+                self.status.source.kube = Some(st.status());
+            }
+        }
+        result.map(|d| d.map(|d| d.report).unwrap_or_default())
     }
 
-    fn try_reconcile(&mut self) -> Result<(ApplyReport, Rendered)> {
-        let (objects, errors) = self.load()?;
+    /// None: the source has nothing to say yet (kube before its first list).
+    fn try_reconcile(&mut self) -> Result<Option<Done>> {
+        if self.config.source_kind == SourceKind::MachineConfig {
+            return self.reconcile_machineconfig().map(Some);
+        }
+        let (objects, errors) = match self.config.source_kind {
+            SourceKind::Kube => {
+                let loaded = match &self.kube {
+                    Some(k) => k
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("kube state lock poisoned"))?
+                        .loaded(),
+                    None => None,
+                };
+                match loaded {
+                    Some(o) => (o, Vec::new()),
+                    None => return Ok(None),
+                }
+            }
+            _ => self.load()?,
+        };
         self.status.source.errors = errors;
         for e in &self.status.source.errors {
             warn!("{e}");
@@ -268,17 +326,81 @@ impl Reconciler {
         };
         let rendered = render::render(&snap)?;
         crate::preflight::check(&rendered, self.crio_version)?;
+        let report = self.deploy(&rendered, rendered.namespace_count() > 0)?;
+        self.log_outcomes(&rendered);
+        self.status.policies = rendered.outcomes.iter().map(PolicyStatus::from).collect();
+        Ok(Some(Done {
+            report,
+            policy_json_is_base: rendered.policy_json_is_base,
+            summary: status::summary(&rendered.outcomes, rendered.namespace_count(), None),
+        }))
+    }
 
+    /// The machineconfig source: the files as the MachineConfig carries
+    /// them. Anything undecodable fails the reconcile before any write.
+    fn reconcile_machineconfig(&mut self) -> Result<Done> {
+        self.status.policies.clear();
+        let mc = match crate::machineconfig::load(&self.config.source_path) {
+            Ok(mc) => mc,
+            Err(e) => {
+                self.status.source.errors = vec![e.to_string()];
+                return Err(e.into());
+            }
+        };
+        self.status.source.errors.clear();
+        for s in &mc.skipped {
+            warn!("{s}");
+        }
+        self.status.source.machineconfig = Some(McSourceStatus {
+            name: mc.name.clone(),
+            files: mc.files.0.len(),
+            skipped: mc.skipped.clone(),
+        });
+        let ns_files = mc
+            .files
+            .0
+            .keys()
+            .filter(|p| p.starts_with(CRIO_POLICIES_DIR))
+            .count();
+        crate::preflight::check_files(&mc.files, self.crio_version)?;
+        // Drift is still noticed (and logged), but the MachineConfig's
+        // policy.json is deployed as it is: it was rendered by the cluster.
+        let base = self.applier.base(None)?;
+        if base.drifted {
+            warn!(
+                message_id = MSG_DRIFT,
+                file_path = POLICY_JSON,
+                "{POLICY_JSON} was changed by someone else; taking its content as the node's original"
+            );
+        }
+        let report = self.deploy(&mc.files, ns_files > 0)?;
+        let what = match &mc.name {
+            Some(n) => format!("MachineConfig {n}"),
+            None => "Ignition config".into(),
+        };
+        Ok(Done {
+            report,
+            policy_json_is_base: mc.files.0.get(POLICY_JSON).is_none(),
+            summary: format!(
+                "deployed {} files of {what} ({ns_files} namespaces)",
+                mc.files.0.len()
+            ),
+        })
+    }
+
+    /// Writes `d` (verify command, rollback), runs the reload command, and
+    /// checks CRI-O's configuration.
+    fn deploy(&mut self, d: &impl Desired, ns_files: bool) -> Result<ApplyReport> {
         let checkpoint = match &self.config.verify_command {
             Some(_) => {
                 let owned = self.applier.owned()?;
                 let paths: std::collections::BTreeSet<String> =
-                    rendered.paths().into_iter().chain(owned).collect();
+                    d.paths().into_iter().chain(owned).collect();
                 Some(self.applier.checkpoint(paths.iter().map(String::as_str))?)
             }
             None => None,
         };
-        let report = self.applier.apply(&rendered)?;
+        let report = self.applier.apply(d)?;
         self.status.crio.hook_error = None;
         if let (Some(cmd), Some(cp)) = (&self.config.verify_command, &checkpoint) {
             for p in &report.written {
@@ -311,7 +433,6 @@ impl Reconciler {
         let verified_ok =
             matches!(&self.status.crio.verification, Some(v) if v.outcome == VerifyOutcome::Ok);
         if self.config.crio_check_config && (report.changed() || !verified_ok) {
-            let ns_files = rendered.namespace_count() > 0;
             let v = crio::verify(&self.config.crio_socket, &self.config.root, ns_files);
             match v.outcome {
                 VerifyOutcome::Ok => debug!("{}", v.message),
@@ -325,9 +446,7 @@ impl Reconciler {
             }
             self.status.crio.verification = Some(v);
         }
-        self.log_outcomes(&rendered);
-        self.status.policies = rendered.outcomes.iter().map(PolicyStatus::from).collect();
-        Ok((report, rendered))
+        Ok(report)
     }
 
     /// Logs outcomes that changed since the last reconcile.
@@ -407,9 +526,24 @@ fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// The kube source's state, read live by `status` (its connection changes
+/// between reconciles).
+type LiveKube = Arc<Mutex<Option<crate::kubesource::Shared>>>;
+
+fn current_status(shared: &Arc<Mutex<Status>>, live_kube: &LiveKube) -> Option<Status> {
+    let mut st = shared.lock().ok()?.clone();
+    if let Some(k) = live_kube.lock().ok().and_then(|k| k.clone()) {
+        if let Ok(k) = k.lock() {
+            st.source.kube = Some(k.status());
+        }
+    }
+    Some(st)
+}
+
 async fn serve_client(
     stream: UnixStream,
     shared: Arc<Mutex<Status>>,
+    live_kube: LiveKube,
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
@@ -438,7 +572,7 @@ async fn serve_client(
                     version: status::PROTOCOL_VERSION,
                     ok: true,
                     error: None,
-                    status: shared.lock().ok().map(|s| s.clone()),
+                    status: current_status(&shared, &live_kube),
                 },
                 "resync" => {
                     let me = nix::unistd::geteuid().as_raw();
@@ -450,7 +584,7 @@ async fn serve_client(
                             version: status::PROTOCOL_VERSION,
                             ok: true,
                             error: None,
-                            status: shared.lock().ok().map(|s| s.clone()),
+                            status: current_status(&shared, &live_kube),
                         }
                     } else {
                         Response {
@@ -481,17 +615,29 @@ async fn serve_client(
     }
 }
 
-/// Watches the manifests directory and the managed directories. Missing
-/// directories are skipped (the manifests one is created by the reconciler).
+/// Watches the source (manifests directory, or the MachineConfig file's
+/// directory) and the managed directories. Missing directories are skipped
+/// (the manifests one is created by the reconciler).
 fn watch(config: &Config, tx: mpsc::UnboundedSender<Event>) -> Option<notify::RecommendedWatcher> {
+    // The MachineConfig file is replaced atomically by its writer, so its
+    // directory is watched, for that one name.
+    let mc_name = (config.source_kind == SourceKind::MachineConfig)
+        .then(|| config.source_path.file_name().map(|n| n.to_os_string()))
+        .flatten();
+    let mc_dir = config.source_path.parent().map(Path::to_path_buf);
     let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         if matches!(ev.kind, notify::EventKind::Access(_)) {
             return;
         }
         let relevant = ev.paths.iter().any(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
+            let name = p.file_name();
+            if let Some(mc) = &mc_name {
+                if p.parent() == mc_dir.as_deref() {
+                    return name == Some(mc.as_os_str());
+                }
+            }
+            name.and_then(|n| n.to_str())
                 .is_some_and(|n| !n.starts_with('.'))
         });
         if relevant {
@@ -505,7 +651,15 @@ fn watch(config: &Config, tx: mpsc::UnboundedSender<Event>) -> Option<notify::Re
         }
     };
     let root = crate::fsroot::Root::new(&config.root);
-    let mut dirs = vec![config.source_path.clone()];
+    let mut dirs = match config.source_kind {
+        SourceKind::Manifests => vec![config.source_path.clone()],
+        SourceKind::MachineConfig => config
+            .source_path
+            .parent()
+            .map(|d| vec![d.to_path_buf()])
+            .unwrap_or_default(),
+        SourceKind::Kube => Vec::new(),
+    };
     for node in [
         POLICY_JSON,
         REGISTRIES_D_FILE,
@@ -527,6 +681,47 @@ fn watch(config: &Config, tx: mpsc::UnboundedSender<Event>) -> Option<notify::Re
         }
     }
     Some(w)
+}
+
+/// The kube source's task, when that is the source.
+struct KubeTask {
+    handle: tokio::task::JoinHandle<()>,
+    kubeconfig: Option<PathBuf>,
+}
+
+impl Drop for KubeTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Starts (or keeps, or stops) the kube source to match `rec.config`.
+fn kube_task(
+    rec: &mut Reconciler,
+    current: Option<KubeTask>,
+    tx: &mpsc::UnboundedSender<Event>,
+) -> Option<KubeTask> {
+    if rec.config.source_kind != SourceKind::Kube {
+        rec.kube = None;
+        return None;
+    }
+    if let Some(t) = current {
+        if t.kubeconfig == rec.config.kubeconfig && rec.kube.is_some() {
+            return Some(t);
+        }
+    }
+    let shared = crate::kubesource::Shared::default();
+    rec.kube = Some(shared.clone());
+    let tx = tx.clone();
+    let kubeconfig = rec.config.kubeconfig.clone();
+    let handle = tokio::spawn(crate::kubesource::run(
+        kubeconfig.clone(),
+        shared,
+        Box::new(move || {
+            let _ = tx.send(Event::Changed);
+        }),
+    ));
+    Some(KubeTask { handle, kubeconfig })
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -551,6 +746,7 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
         &format!("{CRIO_POLICIES_DIR}/x.json"),
     ]);
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let mut kube = kube_task(&mut rec, None, &tx);
     // The first reconcile happens before the socket is served and before
     // watching (so we do not react to our own writes); then READY.
     let first = rec.reconcile();
@@ -558,14 +754,21 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
     let listener = bind_socket(&rec.config.socket, rec.config.socket_group.as_deref())?;
     let socket_path = rec.config.socket.clone();
     let shared = Arc::new(Mutex::new(rec.status.clone()));
+    let live_kube = Arc::new(Mutex::new(rec.kube.clone()));
     {
         let shared = shared.clone();
         let tx = tx.clone();
+        let live_kube = live_kube.clone();
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((s, _)) => {
-                        tokio::spawn(serve_client(s, shared.clone(), tx.clone()));
+                        tokio::spawn(serve_client(
+                            s,
+                            shared.clone(),
+                            live_kube.clone(),
+                            tx.clone(),
+                        ));
                     }
                     Err(e) => warn!("accept: {e}"),
                 }
@@ -625,13 +828,19 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
                 info!("SIGHUP: reloading configuration");
                 match Config::load(config_path.as_deref()) {
                     Ok(c) => {
-                        let rewatch = c.source_path != rec.config.source_path || c.root != rec.config.root;
+                        let rewatch = c.source_path != rec.config.source_path
+                            || c.source_kind != rec.config.source_kind
+                            || c.root != rec.config.root;
                         if c.socket != rec.config.socket {
                             warn!("socket path changes need a restart; keeping {}", rec.config.socket.display());
                         }
                         let mut c = c;
                         c.socket = rec.config.socket.clone();
                         rec.set_config(c);
+                        kube = kube_task(&mut rec, kube.take(), &tx);
+                        if let Ok(mut l) = live_kube.lock() {
+                            l.clone_from(&rec.kube);
+                        }
                         if rewatch {
                             watcher = watch(&rec.config, tx.clone());
                         }
@@ -652,6 +861,7 @@ async fn run_async(config_path: Option<PathBuf>) -> Result<()> {
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     info!("stopping");
     drop(watcher);
+    drop(kube);
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

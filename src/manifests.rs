@@ -110,7 +110,7 @@ pub fn id_of(v: &Validated) -> &ObjectRef {
     }
 }
 
-fn read_bounded(path: &Path) -> Result<String, String> {
+pub fn read_bounded(path: &Path) -> Result<String, String> {
     let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let meta = f.metadata().map_err(|e| e.to_string())?;
     if meta.len() > MAX_FILE_BYTES {

@@ -2,6 +2,7 @@
 //! checked against what the node's CRI-O can read, before anything is written.
 //! A failure here is a renderer bug; it must never reach disk.
 
+use crate::apply::FileSet;
 use crate::policy::{self, Requirement};
 use crate::registries_d;
 use crate::render::{
@@ -70,4 +71,37 @@ pub fn check(r: &Rendered, crio: Option<CrioVersion>) -> Result<(), PreflightErr
             registries_d::parse_keys(bytes).map(|_| ()).map_err(fail)
         }
     })
+}
+
+/// Checks files deployed verbatim (a MachineConfig's): each parsed with the
+/// strict parser, and every requirement in them held against the node's
+/// CRI-O, since all of it is new to the node.
+pub fn check_files(files: &FileSet, crio: Option<CrioVersion>) -> Result<(), PreflightError> {
+    for (path, bytes) in &files.0 {
+        let fail = |message: String| PreflightError {
+            path: path.to_string(),
+            message,
+        };
+        if !path.ends_with(".json") {
+            registries_d::parse_keys(bytes).map_err(fail)?;
+            continue;
+        }
+        let p = policy::parse(bytes).map_err(|e| fail(e.to_string()))?;
+        let Some(node) = crio else { continue };
+        if path.starts_with(CRIO_POLICIES_DIR) && node < GATE_NAMESPACE_FILES {
+            return Err(fail(format!(
+                "namespace policy files need CRI-O ≥ {GATE_NAMESPACE_FILES} (node has {node})"
+            )));
+        }
+        let all = p
+            .default
+            .iter()
+            .chain(p.transports.values().flat_map(|s| s.values().flatten()));
+        if let Some(need) = gate_of(all).filter(|need| node < *need) {
+            return Err(fail(format!(
+                "uses a field that needs CRI-O ≥ {need} (node has {node})"
+            )));
+        }
+    }
+    Ok(())
 }

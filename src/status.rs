@@ -33,6 +33,38 @@ pub struct SourceStatus {
     /// Files or documents that could not be read; the last good content of
     /// such a file is kept in force.
     pub errors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<KubeSourceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machineconfig: Option<McSourceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KubeSourceStatus {
+    /// The API server's URL.
+    pub server: Option<String>,
+    /// The API version in use (`config.openshift.io/v1` or `…/v1alpha1`).
+    pub api_version: Option<String>,
+    pub connected: bool,
+    /// RFC 3339: since when connected, or since when not.
+    pub since: Option<String>,
+    pub last_event: Option<String>,
+    pub last_error: Option<String>,
+    /// Both kinds listed at least once; before that the node's files are
+    /// left as they are.
+    pub synced: bool,
+    pub cluster_image_policies: usize,
+    pub image_policies: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct McSourceStatus {
+    /// `metadata.name` of the MachineConfig (none for a bare Ignition config).
+    pub name: Option<String>,
+    /// Managed files the config carries.
+    pub files: usize,
+    /// Entries under managed directories that were not written.
+    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

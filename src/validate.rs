@@ -109,8 +109,8 @@ pub struct InvalidObject {
 /// Outcome of validating one document that claims one of our kinds.
 pub type Validated = Result<PolicyObject, InvalidObject>;
 
-const POLICY_TYPES: &[&str] = &["PublicKey", "FulcioCAWithRekor", "PKI"];
-const MATCH_POLICIES: &[&str] = &[
+pub(crate) const POLICY_TYPES: &[&str] = &["PublicKey", "FulcioCAWithRekor", "PKI"];
+pub(crate) const MATCH_POLICIES: &[&str] = &[
     "MatchRepoDigestOrExact",
     "MatchRepository",
     "ExactRepository",
@@ -118,11 +118,37 @@ const MATCH_POLICIES: &[&str] = &[
 ];
 const API_VERSIONS: &[&str] = &["config.openshift.io/v1", "config.openshift.io/v1alpha1"];
 
+/// The unions' members and the discriminator value each belongs to, in the
+/// CRD's rule order.
+pub(crate) const ROOT_OF_TRUST_MEMBERS: [(&str, &str); 3] = [
+    ("pki", "PKI"),
+    ("publicKey", "PublicKey"),
+    ("fulcioCAWithRekor", "FulcioCAWithRekor"),
+];
+pub(crate) const IDENTITY_MEMBERS: [(&str, &str); 2] = [
+    ("exactRepository", "ExactRepository"),
+    ("remapIdentity", "RemapIdentity"),
+];
+
+pub(crate) fn union_message(member: &str, discriminator: &str, value: &str) -> String {
+    format!("{member} is required when {discriminator} is {value}, and forbidden otherwise")
+}
+
+/// Limits of the CRD schemas (the same in both versions); `crd` builds the
+/// CustomResourceDefinitions from them.
+pub(crate) const MAX_SCOPES: usize = 256;
+pub(crate) const MAX_SCOPE_LEN: usize = 512;
+pub(crate) const MAX_KEY_LEN: usize = 8192;
+pub(crate) const MAX_OIDC_ISSUER_LEN: usize = 2048;
+pub(crate) const MAX_EMAIL_LEN: usize = 320;
+pub(crate) const MAX_HOSTNAME_LEN: usize = 253;
+pub(crate) const MAX_IDENTITY_LEN: usize = 512;
+
 /// The messages and limits that differ between the API versions.
-struct Rules {
+pub(crate) struct Rules {
     pem_checks_on_keys: bool,
-    key_data_min: Option<usize>,
-    ca_min: Option<usize>,
+    pub(crate) key_data_min: Option<usize>,
+    pub(crate) ca_min: Option<usize>,
     email_message: &'static str,
     hostname_message: &'static str,
     identity_message: &'static str,
@@ -131,7 +157,7 @@ struct Rules {
 const IDENTITY_TAG_MESSAGE: &str =
     "invalid repository or prefix in the signedIdentity, should not include the tag or digest";
 
-fn rules(v: ApiVersion) -> Rules {
+pub(crate) fn rules(v: ApiVersion) -> Rules {
     match v {
         ApiVersion::V1 => Rules {
             pem_checks_on_keys: true,
@@ -324,7 +350,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn dns1123_label_ok(s: &str) -> bool {
+pub fn dns1123_label_ok(s: &str) -> bool {
     static R: OnceLock<Regex> = OnceLock::new();
     s.len() <= 63
         && R.get_or_init(|| Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").expect("static regex"))
@@ -536,12 +562,12 @@ fn validate_scopes(w: &mut Walk, spec: &Map<String, Value>) -> Option<Vec<String
     if list.is_empty() {
         w.invalid("spec.scopes", "array", "at least one scope is required");
     }
-    if list.len() > 256 {
+    if list.len() > MAX_SCOPES {
         w.err(
             "spec.scopes",
             ErrorDetail::TooMany {
                 count: list.len(),
-                max: 256,
+                max: MAX_SCOPES,
             },
         );
     }
@@ -558,7 +584,7 @@ fn validate_scopes(w: &mut Walk, spec: &Map<String, Value>) -> Option<Vec<String
             );
             continue;
         };
-        if !w.max_len(&field, s, 512) {
+        if !w.max_len(&field, s, MAX_SCOPE_LEN) {
             continue;
         }
         if !scope::fqdn_or_localhost(s) {
@@ -608,17 +634,9 @@ fn validate_root_of_trust(
     }
     // The union rules, in the CRD's order.
     let has = |k: &str| !matches!(rot.get(k), None | Some(Value::Null));
-    for (member, ty) in [
-        ("pki", "PKI"),
-        ("publicKey", "PublicKey"),
-        ("fulcioCAWithRekor", "FulcioCAWithRekor"),
-    ] {
+    for (member, ty) in ROOT_OF_TRUST_MEMBERS {
         if (policy_type == Some(ty)) != has(member) {
-            w.invalid(
-                P,
-                "object",
-                format!("{member} is required when policyType is {ty}, and forbidden otherwise"),
-            );
+            w.invalid(P, "object", union_message(member, "policyType", ty));
         }
     }
 
@@ -645,7 +663,7 @@ fn validate_public_key(w: &mut Walk, r: &Rules, pk: &Map<String, Value>) -> Opti
     w.known_fields(P, pk, &["keyData", "rekorKeyData"]);
     let key = w.string(P, pk, "keyData", true).and_then(|s| {
         let f = format!("{P}.keyData");
-        let b = w.bytes(&f, s, r.key_data_min, 8192)?;
+        let b = w.bytes(&f, s, r.key_data_min, MAX_KEY_LEN)?;
         if r.pem_checks_on_keys {
             w.pem(&f, "keyData", &b, "PUBLIC KEY", false);
         }
@@ -654,7 +672,7 @@ fn validate_public_key(w: &mut Walk, r: &Rules, pk: &Map<String, Value>) -> Opti
     let rekor = match w.string(P, pk, "rekorKeyData", false) {
         Some(s) => {
             let f = format!("{P}.rekorKeyData");
-            let b = w.bytes(&f, s, None, 8192);
+            let b = w.bytes(&f, s, None, MAX_KEY_LEN);
             if let (true, Some(b)) = (r.pem_checks_on_keys, &b) {
                 w.pem(&f, "rekorKeyData", b, "PUBLIC KEY", false);
             }
@@ -673,7 +691,7 @@ fn validate_fulcio(w: &mut Walk, r: &Rules, f: &Map<String, Value>) -> Option<Ro
     w.known_fields(P, f, &["fulcioCAData", "rekorKeyData", "fulcioSubject"]);
     let ca = w.string(P, f, "fulcioCAData", true).and_then(|s| {
         let field = format!("{P}.fulcioCAData");
-        let b = w.bytes(&field, s, None, 8192)?;
+        let b = w.bytes(&field, s, None, MAX_KEY_LEN)?;
         if r.pem_checks_on_keys {
             w.pem(&field, "fulcioCAData", &b, "CERTIFICATE", false);
         }
@@ -681,7 +699,7 @@ fn validate_fulcio(w: &mut Walk, r: &Rules, f: &Map<String, Value>) -> Option<Ro
     });
     let rekor = w.string(P, f, "rekorKeyData", true).and_then(|s| {
         let field = format!("{P}.rekorKeyData");
-        let b = w.bytes(&field, s, None, 8192)?;
+        let b = w.bytes(&field, s, None, MAX_KEY_LEN)?;
         if r.pem_checks_on_keys {
             w.pem(&field, "rekorKeyData", &b, "PUBLIC KEY", false);
         }
@@ -692,7 +710,7 @@ fn validate_fulcio(w: &mut Walk, r: &Rules, f: &Map<String, Value>) -> Option<Ro
         w.known_fields(&sp, subj, &["oidcIssuer", "signedEmail"]);
         let issuer = w.string(&sp, subj, "oidcIssuer", true).filter(|s| {
             let field = format!("{sp}.oidcIssuer");
-            let ok = w.max_len(&field, s, 2048);
+            let ok = w.max_len(&field, s, MAX_OIDC_ISSUER_LEN);
             if !is_url(s) {
                 w.invalid(&field, "string", "oidcIssuer must be a valid URL");
                 return false;
@@ -701,7 +719,7 @@ fn validate_fulcio(w: &mut Walk, r: &Rules, f: &Map<String, Value>) -> Option<Ro
         });
         let email = w.string(&sp, subj, "signedEmail", true).filter(|s| {
             let field = format!("{sp}.signedEmail");
-            let ok = w.max_len(&field, s, 320);
+            let ok = w.max_len(&field, s, MAX_EMAIL_LEN);
             if !email_ok(s) {
                 w.invalid(&field, "string", "invalid email address");
                 return false;
@@ -734,7 +752,7 @@ fn validate_pki(w: &mut Walk, r: &Rules, p: &Map<String, Value>) -> Option<RootO
         match w.string(P, p, key, required) {
             Some(s) => {
                 let field = format!("{P}.{key}");
-                let b = w.bytes(&field, s, r.ca_min, 8192)?;
+                let b = w.bytes(&field, s, r.ca_min, MAX_KEY_LEN)?;
                 w.pem(&field, key, &b, "CERTIFICATE", true);
                 Some(Some(b))
             }
@@ -758,7 +776,7 @@ fn validate_pki(w: &mut Walk, r: &Rules, p: &Map<String, Value>) -> Option<RootO
         }
         let email = w.string(&sp, s, "email", false).map(|e| {
             let field = format!("{sp}.email");
-            w.max_len(&field, e, 320);
+            w.max_len(&field, e, MAX_EMAIL_LEN);
             if !email_ok(e) {
                 w.invalid(&field, "string", r.email_message);
             }
@@ -766,7 +784,7 @@ fn validate_pki(w: &mut Walk, r: &Rules, p: &Map<String, Value>) -> Option<RootO
         });
         let hostname = w.string(&sp, s, "hostname", false).map(|h| {
             let field = format!("{sp}.hostname");
-            w.max_len(&field, h, 253);
+            w.max_len(&field, h, MAX_HOSTNAME_LEN);
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if !dns1123_subdomain_ok(bare) {
                 w.invalid(&field, "string", r.hostname_message);
@@ -804,22 +822,15 @@ fn validate_signed_identity(
         }
     }
     let has = |k: &str| !matches!(si.get(k), None | Some(Value::Null));
-    for (member, ty) in [
-        ("exactRepository", "ExactRepository"),
-        ("remapIdentity", "RemapIdentity"),
-    ] {
+    for (member, ty) in IDENTITY_MEMBERS {
         if (mp == Some(ty)) != has(member) {
-            w.invalid(
-                P,
-                "object",
-                format!("{member} is required when matchPolicy is {ty}, and forbidden otherwise"),
-            );
+            w.invalid(P, "object", union_message(member, "matchPolicy", ty));
         }
     }
     let prefix = |w: &mut Walk, path: &str, m: &Map<String, Value>, key: &str| {
         w.string(path, m, key, true).and_then(|s| {
             let field = join(path, key);
-            let mut ok = w.max_len(&field, s, 512);
+            let mut ok = w.max_len(&field, s, MAX_IDENTITY_LEN);
             if !scope::identity_has_no_tag(s) {
                 w.invalid(&field, "string", IDENTITY_TAG_MESSAGE);
                 ok = false;
