@@ -77,6 +77,12 @@ pub struct Node {
 
 impl Node {
     pub fn new(extra_config: &str) -> Node {
+        Node::with_source(extra_config, None)
+    }
+
+    /// A node whose `[source]` table is `source` (`{dir}` stands for the
+    /// node's temporary directory); None: the manifests directory.
+    pub fn with_source(extra_config: &str, source: Option<&str>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = dir.path().join("root");
@@ -86,10 +92,14 @@ impl Node {
         std::fs::create_dir_all(root.join("etc/containers")).unwrap();
         std::fs::create_dir_all(&manifests).unwrap();
         let config = dir.path().join("config.toml");
+        let source = match source {
+            Some(s) => s.replace("{dir}", dir.path().to_str().unwrap()),
+            None => format!("kind = \"manifests\"\npath = {manifests:?}"),
+        };
         std::fs::write(
             &config,
             format!(
-                "root = {root:?}\n{extra_config}\n[source]\nkind = \"manifests\"\npath = {manifests:?}\n[agent]\nsocket = {socket:?}\nstate_dir = {state:?}\ndebounce_ms = 20\n"
+                "root = {root:?}\n{extra_config}\n[source]\n{source}\n[agent]\nsocket = {socket:?}\nstate_dir = {state:?}\ndebounce_ms = 20\n"
             ),
         )
         .unwrap();
