@@ -126,6 +126,7 @@ impl Reconciler {
             },
             root: config.root.display().to_string(),
             last_reconcile: None,
+            reconciles: 0,
             policies: Vec::new(),
             files: Vec::new(),
             crio: CrioStatus {
@@ -207,6 +208,7 @@ impl Reconciler {
     /// One full reconcile. Errors leave the node's files as they were.
     pub fn reconcile(&mut self) -> Result<ApplyReport> {
         let result = self.try_reconcile();
+        self.status.reconciles += 1;
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         match &result {
             Ok(None) => {
@@ -256,6 +258,7 @@ impl Reconciler {
                     .summary
                     .split("; last reconcile failed")
                     .next()
+                    .and_then(|s| s.split("; API server unreachable").next())
                     .unwrap_or("")
                     .to_string();
                 self.status.summary = format!("{first}; last reconcile failed: {msg}");
@@ -263,7 +266,7 @@ impl Reconciler {
         }
         if let Some(k) = &self.kube {
             if let Ok(st) = k.lock() {
-                self.status.source.kube = Some(st.status());
+                with_kube_status(&mut self.status, st.status());
             }
         }
         result.map(|d| d.map(|d| d.report).unwrap_or_default())
@@ -534,10 +537,23 @@ fn current_status(shared: &Arc<Mutex<Status>>, live_kube: &LiveKube) -> Option<S
     let mut st = shared.lock().ok()?.clone();
     if let Some(k) = live_kube.lock().ok().and_then(|k| k.clone()) {
         if let Ok(k) = k.lock() {
-            st.source.kube = Some(k.status());
+            with_kube_status(&mut st, k.status());
         }
     }
     Some(st)
+}
+
+/// Puts the kube source's state into `st`: while the API server cannot be
+/// reached the files stay as last listed, which status says (degraded).
+fn with_kube_status(st: &mut Status, ks: crate::status::KubeSourceStatus) {
+    if !ks.connected && ks.synced && !st.summary.contains("; API server unreachable") {
+        st.healthy = false;
+        st.summary.push_str(&format!(
+            "; API server unreachable since {}, files kept as last listed",
+            ks.since.as_deref().unwrap_or("start")
+        ));
+    }
+    st.source.kube = Some(ks);
 }
 
 async fn serve_client(

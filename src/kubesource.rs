@@ -39,6 +39,7 @@ pub struct KubeState {
     /// When the current connection state began.
     pub since: Option<SystemTime>,
     pub last_event: Option<SystemTime>,
+    pub events: u64,
     pub last_error: Option<String>,
     /// Both kinds have been listed at least once: the objects are the
     /// cluster's, not an empty placeholder.
@@ -65,6 +66,7 @@ impl KubeState {
             connected: self.connected,
             since: time(&self.since),
             last_event: time(&self.last_event),
+            events: self.events,
             last_error: self.last_error.clone(),
             synced: self.synced,
             cluster_image_policies: count(Kind::ClusterImagePolicy),
@@ -235,6 +237,7 @@ async fn session(
             return anyhow::anyhow!("state lock poisoned");
         };
         st.last_event = Some(SystemTime::now());
+        st.events += 1;
         let mut changed = false;
         match ev {
             watcher::Event::Init => {

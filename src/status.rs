@@ -49,6 +49,8 @@ pub struct KubeSourceStatus {
     /// RFC 3339: since when connected, or since when not.
     pub since: Option<String>,
     pub last_event: Option<String>,
+    /// Watch events received since the daemon started.
+    pub events: u64,
     pub last_error: Option<String>,
     /// Both kinds listed at least once; before that the node's files are
     /// left as they are.
@@ -128,6 +130,9 @@ pub struct Status {
     pub source: SourceStatus,
     pub root: String,
     pub last_reconcile: Option<LastReconcile>,
+    /// Reconciles since the daemon started.
+    #[serde(default)]
+    pub reconciles: u64,
     pub policies: Vec<PolicyStatus>,
     pub files: Vec<FileStatus>,
     pub crio: CrioStatus,

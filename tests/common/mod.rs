@@ -118,9 +118,15 @@ impl Node {
     }
 
     pub fn start(&self) -> Agent {
+        self.start_with_env(&[])
+    }
+
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_image-policy-agent"))
             .arg("--config")
             .arg(&self.config)
+            .env_remove("KUBECONFIG")
+            .envs(env.iter().copied())
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
