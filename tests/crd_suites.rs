@@ -309,3 +309,134 @@ fn v1_rejects_non_pem_key() {
     }];
     run_suite(V::V1, "ClusterImagePolicy", cases);
 }
+
+/// Checks `v` against a structural OpenAPI schema: types, properties (no
+/// unknown field may be pruned), required, enums, lengths, item counts, and
+/// the union rules' `has()` form. Returns the problems found.
+fn schema_problems(path: &str, v: &serde_json::Value, s: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    let ty = s["type"].as_str().unwrap_or_else(|| panic!("{path}: schema without a type"));
+    match (ty, v) {
+        ("object", Value::Object(m)) => {
+            if let Some(props) = s["properties"].as_object() {
+                for (k, x) in m {
+                    match props.get(k) {
+                        Some(ps) => out.extend(schema_problems(&format!("{path}.{k}"), x, ps)),
+                        None => out.push(format!("{path}.{k}: not in the schema")),
+                    }
+                }
+            }
+            for r in s["required"].as_array().into_iter().flatten() {
+                if !m.contains_key(r.as_str().unwrap()) {
+                    out.push(format!("{path}.{}: required", r.as_str().unwrap()));
+                }
+            }
+            for rule in s["x-kubernetes-validations"].as_array().into_iter().flatten() {
+                // has(self.D) && self.D == 'X' ? has(self.M) : !has(self.M)
+                let r = rule["rule"].as_str().unwrap();
+                let Some((cond, then)) = r.split_once(" ? ") else { continue };
+                let field = |t: &str| t.split("self.").nth(1).map(|f| f.split(')').next().unwrap().split(' ').next().unwrap().to_string());
+                let (Some(d), Some(member)) = (field(cond), field(then)) else { continue };
+                let Some(want) = cond.split('\'').nth(1) else { continue };
+                let holds = (m.get(&d).and_then(Value::as_str) == Some(want)) == m.contains_key(&member);
+                if r.starts_with("has(self.") && r.contains("== '") && !holds {
+                    out.push(format!("{path}: {}", rule["message"]));
+                }
+            }
+        }
+        ("array", Value::Array(a)) => {
+            if let Some(max) = s["maxItems"].as_u64() {
+                if a.len() as u64 > max {
+                    out.push(format!("{path}: more than {max} items"));
+                }
+            }
+            for (i, x) in a.iter().enumerate() {
+                out.extend(schema_problems(&format!("{path}[{i}]"), x, &s["items"]));
+            }
+        }
+        ("string", Value::String(t)) => {
+            if let Some(e) = s["enum"].as_array() {
+                if !e.iter().any(|x| x == v) {
+                    out.push(format!("{path}: {t:?} not in the enum"));
+                }
+            }
+            if s["maxLength"].as_u64().is_some_and(|m| t.len() as u64 > m) {
+                out.push(format!("{path}: too long"));
+            }
+            if s["minLength"].as_u64().is_some_and(|m| (t.len() as u64) < m) {
+                out.push(format!("{path}: too short"));
+            }
+            if s["format"] == "byte"
+                && base64::engine::general_purpose::STANDARD.decode(t).is_err()
+            {
+                out.push(format!("{path}: not base64"));
+            }
+        }
+        _ => out.push(format!("{path}: not of type {ty}")),
+    }
+    out
+}
+
+/// `agentctl crd` gives two CRDs a cluster can install, and each version's
+/// schema accepts every case the upstream suites accept (an API server
+/// with these CRDs would neither reject nor prune a valid object) and
+/// rejects the union violations.
+#[test]
+fn agentctl_crd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2);
+    for (doc, kind, plural, singular, scope) in [
+        (&docs[0], "ClusterImagePolicy", "clusterimagepolicies", "clusterimagepolicy", "Cluster"),
+        (&docs[1], "ImagePolicy", "imagepolicies", "imagepolicy", "Namespaced"),
+    ] {
+        assert_eq!(doc["apiVersion"], "apiextensions.k8s.io/v1");
+        assert_eq!(doc["kind"], "CustomResourceDefinition");
+        assert_eq!(doc["metadata"]["name"], format!("{plural}.config.openshift.io"));
+        let spec = &doc["spec"];
+        assert_eq!(spec["group"], "config.openshift.io");
+        assert_eq!(spec["scope"], scope);
+        assert_eq!(spec["names"]["kind"], kind);
+        assert_eq!(spec["names"]["listKind"], format!("{kind}List"));
+        assert_eq!(spec["names"]["plural"], plural);
+        assert_eq!(spec["names"]["singular"], singular);
+        let versions = spec["versions"].as_array().unwrap();
+        let names: Vec<&str> = versions.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["v1", "v1alpha1"]);
+        // Exactly one storage version; all served; status a subresource.
+        assert_eq!(versions.iter().filter(|v| v["storage"] == true).count(), 1);
+        assert_eq!(versions[0]["storage"], true);
+        for (ver, v) in [(&versions[0], V::V1), (&versions[1], V::V1Alpha1)] {
+            assert_eq!(ver["served"], true);
+            assert!(ver["subresources"]["status"].is_object());
+            let root = &ver["schema"]["openAPIV3Schema"];
+            assert_eq!(root["required"], serde_json::json!(["spec"]));
+            let spec_schema = &root["properties"]["spec"];
+            for case in sigstore_cases(v).into_iter().chain(pki_cases(v)) {
+                let spec: serde_json::Value = serde_yaml_ng::from_str(&case.spec).unwrap();
+                let problems = schema_problems("spec", &spec, spec_schema);
+                if case.errors.is_none() {
+                    assert!(problems.is_empty(), "{kind} {} {:?}: {problems:?}", ver["name"], case.name);
+                }
+            }
+            // A union violation is rejected by the schema's rules.
+            let spec: serde_json::Value = serde_yaml_ng::from_str(
+                "{scopes: [example.com], policy: {rootOfTrust: {policyType: PKI, publicKey: {keyData: Zm9v}}}}",
+            )
+            .unwrap();
+            let problems = schema_problems("spec", &spec, spec_schema);
+            assert!(
+                problems.iter().any(|p| p.contains("pki is required when policyType is PKI")),
+                "{problems:?}"
+            );
+        }
+    }
+}
