@@ -176,6 +176,9 @@ pub struct Base {
     pub drifted: bool,
 }
 
+/// Called with each desired file's node path and bytes.
+pub type FileVisitor<'a> = dyn FnMut(&str, &[u8]) -> Result<(), ApplyError> + 'a;
+
 /// What should be on disk: the renderer's output, or files taken verbatim
 /// from a MachineConfig.
 pub trait Desired {
@@ -185,10 +188,7 @@ pub trait Desired {
     fn policy_json_is_base(&self) -> bool;
     fn file(&self, path: &str) -> Option<Vec<u8>>;
     /// Calls `f` with each file, one at a time.
-    fn each_file(
-        &self,
-        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError>;
+    fn each_file(&self, f: &mut FileVisitor) -> Result<(), ApplyError>;
 }
 
 impl Desired for Rendered {
@@ -201,10 +201,7 @@ impl Desired for Rendered {
     fn file(&self, path: &str) -> Option<Vec<u8>> {
         Rendered::file(self, path)
     }
-    fn each_file(
-        &self,
-        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+    fn each_file(&self, f: &mut FileVisitor) -> Result<(), ApplyError> {
         self.for_each_file(f)
     }
 }
@@ -224,10 +221,7 @@ impl Desired for FileSet {
     fn file(&self, path: &str) -> Option<Vec<u8>> {
         self.0.get(path).cloned()
     }
-    fn each_file(
-        &self,
-        f: &mut dyn FnMut(&str, &[u8]) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+    fn each_file(&self, f: &mut FileVisitor) -> Result<(), ApplyError> {
         for (p, b) in &self.0 {
             f(p, b)?;
         }

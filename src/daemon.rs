@@ -383,7 +383,7 @@ impl Reconciler {
         };
         Ok(Done {
             report,
-            policy_json_is_base: mc.files.0.get(POLICY_JSON).is_none(),
+            policy_json_is_base: !mc.files.0.contains_key(POLICY_JSON),
             summary: format!(
                 "deployed {} files of {what} ({ns_files} namespaces)",
                 mc.files.0.len()

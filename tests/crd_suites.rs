@@ -316,7 +316,9 @@ fn v1_rejects_non_pem_key() {
 fn schema_problems(path: &str, v: &serde_json::Value, s: &serde_json::Value) -> Vec<String> {
     use serde_json::Value;
     let mut out = Vec::new();
-    let ty = s["type"].as_str().unwrap_or_else(|| panic!("{path}: schema without a type"));
+    let ty = s["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: schema without a type"));
     match (ty, v) {
         ("object", Value::Object(m)) => {
             if let Some(props) = s["properties"].as_object() {
@@ -332,14 +334,35 @@ fn schema_problems(path: &str, v: &serde_json::Value, s: &serde_json::Value) -> 
                     out.push(format!("{path}.{}: required", r.as_str().unwrap()));
                 }
             }
-            for rule in s["x-kubernetes-validations"].as_array().into_iter().flatten() {
+            for rule in s["x-kubernetes-validations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 // has(self.D) && self.D == 'X' ? has(self.M) : !has(self.M)
                 let r = rule["rule"].as_str().unwrap();
-                let Some((cond, then)) = r.split_once(" ? ") else { continue };
-                let field = |t: &str| t.split("self.").nth(1).map(|f| f.split(')').next().unwrap().split(' ').next().unwrap().to_string());
-                let (Some(d), Some(member)) = (field(cond), field(then)) else { continue };
-                let Some(want) = cond.split('\'').nth(1) else { continue };
-                let holds = (m.get(&d).and_then(Value::as_str) == Some(want)) == m.contains_key(&member);
+                let Some((cond, then)) = r.split_once(" ? ") else {
+                    continue;
+                };
+                let field = |t: &str| {
+                    t.split("self.").nth(1).map(|f| {
+                        f.split(')')
+                            .next()
+                            .unwrap()
+                            .split(' ')
+                            .next()
+                            .unwrap()
+                            .to_string()
+                    })
+                };
+                let (Some(d), Some(member)) = (field(cond), field(then)) else {
+                    continue;
+                };
+                let Some(want) = cond.split('\'').nth(1) else {
+                    continue;
+                };
+                let holds =
+                    (m.get(&d).and_then(Value::as_str) == Some(want)) == m.contains_key(&member);
                 if r.starts_with("has(self.") && r.contains("== '") && !holds {
                     out.push(format!("{path}: {}", rule["message"]));
                 }
@@ -364,11 +387,13 @@ fn schema_problems(path: &str, v: &serde_json::Value, s: &serde_json::Value) -> 
             if s["maxLength"].as_u64().is_some_and(|m| t.len() as u64 > m) {
                 out.push(format!("{path}: too long"));
             }
-            if s["minLength"].as_u64().is_some_and(|m| (t.len() as u64) < m) {
+            if s["minLength"]
+                .as_u64()
+                .is_some_and(|m| (t.len() as u64) < m)
+            {
                 out.push(format!("{path}: too short"));
             }
-            if s["format"] == "byte"
-                && base64::engine::general_purpose::STANDARD.decode(t).is_err()
+            if s["format"] == "byte" && base64::engine::general_purpose::STANDARD.decode(t).is_err()
             {
                 out.push(format!("{path}: not base64"));
             }
@@ -395,12 +420,27 @@ fn agentctl_crd() {
         .collect();
     assert_eq!(docs.len(), 2);
     for (doc, kind, plural, singular, scope) in [
-        (&docs[0], "ClusterImagePolicy", "clusterimagepolicies", "clusterimagepolicy", "Cluster"),
-        (&docs[1], "ImagePolicy", "imagepolicies", "imagepolicy", "Namespaced"),
+        (
+            &docs[0],
+            "ClusterImagePolicy",
+            "clusterimagepolicies",
+            "clusterimagepolicy",
+            "Cluster",
+        ),
+        (
+            &docs[1],
+            "ImagePolicy",
+            "imagepolicies",
+            "imagepolicy",
+            "Namespaced",
+        ),
     ] {
         assert_eq!(doc["apiVersion"], "apiextensions.k8s.io/v1");
         assert_eq!(doc["kind"], "CustomResourceDefinition");
-        assert_eq!(doc["metadata"]["name"], format!("{plural}.config.openshift.io"));
+        assert_eq!(
+            doc["metadata"]["name"],
+            format!("{plural}.config.openshift.io")
+        );
         let spec = &doc["spec"];
         assert_eq!(spec["group"], "config.openshift.io");
         assert_eq!(spec["scope"], scope);
@@ -409,7 +449,10 @@ fn agentctl_crd() {
         assert_eq!(spec["names"]["plural"], plural);
         assert_eq!(spec["names"]["singular"], singular);
         let versions = spec["versions"].as_array().unwrap();
-        let names: Vec<&str> = versions.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = versions
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["v1", "v1alpha1"]);
         // Exactly one storage version; all served; status a subresource.
         assert_eq!(versions.iter().filter(|v| v["storage"] == true).count(), 1);
@@ -424,7 +467,12 @@ fn agentctl_crd() {
                 let spec: serde_json::Value = serde_yaml_ng::from_str(&case.spec).unwrap();
                 let problems = schema_problems("spec", &spec, spec_schema);
                 if case.errors.is_none() {
-                    assert!(problems.is_empty(), "{kind} {} {:?}: {problems:?}", ver["name"], case.name);
+                    assert!(
+                        problems.is_empty(),
+                        "{kind} {} {:?}: {problems:?}",
+                        ver["name"],
+                        case.name
+                    );
                 }
             }
             // A union violation is rejected by the schema's rules.
@@ -434,7 +482,9 @@ fn agentctl_crd() {
             .unwrap();
             let problems = schema_problems("spec", &spec, spec_schema);
             assert!(
-                problems.iter().any(|p| p.contains("pki is required when policyType is PKI")),
+                problems
+                    .iter()
+                    .any(|p| p.contains("pki is required when policyType is PKI")),
                 "{problems:?}"
             );
         }

@@ -3,9 +3,9 @@
 //! shapes; a real Kubernetes API server cannot run here), through the real
 //! daemon, kube-rs client and filesystem.
 
-mod common;
 #[path = "common/apiserver.rs"]
 mod apiserver;
+mod common;
 
 use apiserver::StandInApi;
 use common::*;
@@ -94,7 +94,10 @@ fn identities(node: &Node) -> BTreeMap<String, (u64, i64)> {
         .keys()
         .map(|p| {
             let m = std::fs::metadata(node.root.join(p.trim_start_matches('/'))).unwrap();
-            (p.clone(), (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+            (
+                p.clone(),
+                (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec()),
+            )
         })
         .collect()
 }
@@ -125,7 +128,10 @@ fn kube_node(kubeconfig_in_config: bool) -> Node {
         "[crio]\nversion = \"1.33\"\ncheck_config = false\n",
         Some(source),
     );
-    put(&node.root.join("etc/containers/policy.json"), ORIGINAL_POLICY);
+    put(
+        &node.root.join("etc/containers/policy.json"),
+        ORIGINAL_POLICY,
+    );
     node
 }
 
@@ -135,7 +141,10 @@ fn kube_status(node: &Node) -> Value {
 
 fn status_text(node: &Node) -> (Option<i32>, String) {
     let o = agentctl(&["--socket", node.socket.to_str().unwrap(), "status"]);
-    (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
 }
 
 #[test]
@@ -165,7 +174,12 @@ fn watch_follows_the_cluster() {
     assert!(text.contains("connected since"), "{text}");
 
     // MODIFIED and ADDED events → files follow.
-    api.apply(CIPS, "", "prod", key_spec(&["quay.io/prod", "registry.example.com/x"]));
+    api.apply(
+        CIPS,
+        "",
+        "prod",
+        key_spec(&["quay.io/prod", "registry.example.com/x"]),
+    );
     expect.cip("prod", &["quay.io/prod", "registry.example.com/x"]);
     api.apply(IPS, "team-b", "b", key_spec(&["quay.io/team-b"]));
     expect.ip("team-b", "b", &["quay.io/team-b"]);
@@ -186,7 +200,10 @@ fn watch_follows_the_cluster() {
         (kube_status(&node)["events"].as_u64().unwrap() > events).then_some(())
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(node.status_json()["reconciles"].as_u64().unwrap(), reconciles);
+    assert_eq!(
+        node.status_json()["reconciles"].as_u64().unwrap(),
+        reconciles
+    );
     assert_eq!(identities(&node), before);
 
     // DELETED → the namespace file goes.
@@ -270,11 +287,16 @@ fn watch_follows_the_cluster() {
     let agent = node.start();
     let st = wait_for("a failed connection attempt", 30, || {
         let st = node.status_json();
-        st["source"]["kube"]["last_error"].as_str().map(|_| st.clone())
+        st["source"]["kube"]["last_error"]
+            .as_str()
+            .map(|_| st.clone())
     });
     assert_eq!(st["source"]["kube"]["synced"], false);
     assert!(
-        st["summary"].as_str().unwrap().contains("waiting for the first complete list"),
+        st["summary"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for the first complete list"),
         "{st:#}"
     );
     assert_eq!(node_files(&node), kept);
@@ -304,14 +326,21 @@ fn v1alpha1_when_v1_is_not_served() {
     let k = kube_status(&node);
     assert_eq!(k["api_version"], "config.openshift.io/v1alpha1", "{k:#}");
     let reqs = api.requests();
-    assert!(reqs.iter().any(|r| r == "GET /apis/config.openshift.io/v1"), "{reqs:#?}");
     assert!(
-        reqs.iter()
-            .any(|r| r.starts_with("GET /apis/config.openshift.io/v1alpha1/imagepolicies?") && r.contains("watch=true")),
+        reqs.iter().any(|r| r == "GET /apis/config.openshift.io/v1"),
         "{reqs:#?}"
     );
     assert!(
-        !reqs.iter().any(|r| r.starts_with("GET /apis/config.openshift.io/v1/")),
+        reqs.iter().any(
+            |r| r.starts_with("GET /apis/config.openshift.io/v1alpha1/imagepolicies?")
+                && r.contains("watch=true")
+        ),
+        "{reqs:#?}"
+    );
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.starts_with("GET /apis/config.openshift.io/v1/")),
         "{reqs:#?}"
     );
     // Events still flow.
@@ -336,10 +365,7 @@ fn wrong_credentials_are_reported_and_change_nothing() {
         let k = kube_status(&node);
         k["last_error"].as_str().is_some().then_some(k)
     });
-    assert!(
-        k["last_error"].as_str().unwrap().contains("401"),
-        "{k:#}"
-    );
+    assert!(k["last_error"].as_str().unwrap().contains("401"), "{k:#}");
     assert_eq!(k["synced"], false);
     assert_eq!(
         node.file("/etc/containers/policy.json").unwrap(),
@@ -347,4 +373,75 @@ fn wrong_credentials_are_reported_and_change_nothing() {
     );
     assert!(!Path::new(&node.root.join("etc/crio/policies")).exists());
     assert_eq!(agent.terminate(), Some(0));
+}
+
+/// examples/rbac.yaml grants what the agent asks the API server for, and
+/// no more: every resource request it made is get/list/watch on one of the
+/// two resources.
+#[test]
+fn rbac_example_covers_the_agents_requests() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rbac.yaml"))
+        .unwrap();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Secret"
+        ]
+    );
+    let rules = docs[2]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["apiGroups"], json!(["config.openshift.io"]));
+    assert_eq!(rules[0]["resources"], json!([CIPS, IPS]));
+    assert_eq!(rules[0]["verbs"], json!(["get", "list", "watch"]));
+    let binding = &docs[3];
+    assert_eq!(binding["roleRef"]["name"], docs[2]["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["name"], docs[1]["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["namespace"],
+        docs[1]["metadata"]["namespace"]
+    );
+
+    let api = StandInApi::start(&["v1"]);
+    api.apply(CIPS, "", "prod", key_spec(&["quay.io/prod"]));
+    let node = kube_node(true);
+    std::fs::write(node.dir.path().join("kubeconfig"), api.kubeconfig()).unwrap();
+    let agent = node.start();
+    wait_for("synced", 30, || {
+        (kube_status(&node)["synced"] == true).then_some(())
+    });
+    assert_eq!(agent.terminate(), Some(0));
+    let mut used = std::collections::BTreeSet::new();
+    for r in api.requests() {
+        let path = r.trim_start_matches("GET ").split('?').next().unwrap();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            // Discovery: system:discovery, not this role.
+            ["apis", "config.openshift.io", _] => {}
+            ["apis", "config.openshift.io", _, plural] => {
+                let verb = if r.contains("watch=true") {
+                    "watch"
+                } else {
+                    "list"
+                };
+                used.insert((plural.to_string(), verb));
+            }
+            _ => panic!("request outside the role: {r}"),
+        }
+    }
+    let want: std::collections::BTreeSet<(String, &str)> = [
+        (CIPS.to_string(), "list"),
+        (CIPS.to_string(), "watch"),
+        (IPS.to_string(), "list"),
+        (IPS.to_string(), "watch"),
+    ]
+    .into();
+    assert_eq!(used, want);
 }

@@ -115,7 +115,10 @@ fn mc_node() -> McNode {
     );
     let mc = node.dir.path().join("mcd/currentconfig");
     std::fs::create_dir_all(mc.parent().unwrap()).unwrap();
-    put(&node.root.join("etc/containers/policy.json"), ORIGINAL_POLICY);
+    put(
+        &node.root.join("etc/containers/policy.json"),
+        ORIGINAL_POLICY,
+    );
     McNode { node, mc }
 }
 
@@ -159,7 +162,12 @@ fn machineconfig_versions_and_corrupt_urls() {
     assert_eq!(digests, [POLICY, SIGSTORE, TEAM_A]);
 
     // A new version (YAML this time) without the namespace file: removed.
-    let v2 = machineconfig(full_files().into_iter().filter(|e| e["path"] != TEAM_A).collect());
+    let v2 = machineconfig(
+        full_files()
+            .into_iter()
+            .filter(|e| e["path"] != TEAM_A)
+            .collect(),
+    );
     put(&mc, &serde_yaml_ng::to_string(&v2).unwrap());
     wait_for("team-a.json removed", 20, || {
         node.file(TEAM_A).is_none().then_some(())
@@ -181,7 +189,10 @@ fn machineconfig_versions_and_corrupt_urls() {
             && err.contains("invalid percent escape"),
         "{err}"
     );
-    assert!(err.contains("MachineConfig 99-worker-generated-registries"), "{err}");
+    assert!(
+        err.contains("MachineConfig 99-worker-generated-registries"),
+        "{err}"
+    );
     let o = agentctl(&["--socket", node.socket.to_str().unwrap(), "status"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(files_under(&node.root), before);
@@ -200,7 +211,12 @@ fn machineconfig_versions_and_corrupt_urls() {
     assert_eq!(files_under(&node.root), before);
 
     // Without policy.json: the node's original comes back byte for byte.
-    let v3 = machineconfig(full_files().into_iter().filter(|e| e["path"] != POLICY).collect());
+    let v3 = machineconfig(
+        full_files()
+            .into_iter()
+            .filter(|e| e["path"] != POLICY)
+            .collect(),
+    );
     put(&mc, &v3.to_string());
     wait_for("the original policy.json", 20, || {
         (node.file(POLICY).as_deref() == Some(ORIGINAL_POLICY.as_bytes())).then_some(())
@@ -234,11 +250,12 @@ fn bare_ignition_config_and_preflight() {
     let agent = node.start();
     let st = wait_for("the preflight error", 20, || {
         let st = node.status_json();
-        st["last_reconcile"]["error"]
-            .as_str()
-            .map(str::to_string)
+        st["last_reconcile"]["error"].as_str().map(str::to_string)
     });
-    assert!(st.contains("preflight: /etc/containers/policy.json"), "{st}");
+    assert!(
+        st.contains("preflight: /etc/containers/policy.json"),
+        "{st}"
+    );
     assert_eq!(node.file(POLICY).unwrap(), ORIGINAL_POLICY.as_bytes());
 
     // The same config with a valid file is deployed as it is.
@@ -252,7 +269,34 @@ fn bare_ignition_config_and_preflight() {
         (node.file(POLICY).as_deref() == Some(good.as_slice())).then_some(())
     });
     let st = node.status_json();
-    assert_eq!(st["source"]["machineconfig"]["name"], serde_json::Value::Null);
+    assert_eq!(
+        st["source"]["machineconfig"]["name"],
+        serde_json::Value::Null
+    );
     assert_eq!(st["source"]["machineconfig"]["files"], 1);
     assert_eq!(agent.terminate(), Some(0));
+}
+
+/// examples/machineconfig.toml and its MachineConfig give the golden files.
+#[test]
+fn example_config_and_machineconfig() {
+    use image_policy_agent::config::{Config, SourceKind};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let c = Config::load_with_vendor(
+        Some(&dir.join("machineconfig.toml")),
+        Path::new("/nonexistent"),
+    )
+    .unwrap();
+    assert_eq!(c.source_kind, SourceKind::MachineConfig);
+    let mc = image_policy_agent::machineconfig::load(&c.source_path).unwrap();
+    assert_eq!(mc.name.as_deref(), Some("99-worker-generated-registries"));
+    let want: std::collections::BTreeMap<String, Vec<u8>> = [POLICY, SIGSTORE, TEAM_A]
+        .iter()
+        .map(|p| (p.to_string(), golden(p)))
+        .collect();
+    assert_eq!(mc.files.0, want);
+    let k =
+        Config::load_with_vendor(Some(&dir.join("kube.toml")), Path::new("/nonexistent")).unwrap();
+    assert_eq!(k.source_kind, SourceKind::Kube);
+    assert_eq!(k.kubeconfig, None);
 }

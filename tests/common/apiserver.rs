@@ -116,7 +116,14 @@ impl StandInApi {
         )
     }
 
-    fn record(&self, plural: &str, ns: &str, name: &str, change: impl FnOnce(Option<&Value>) -> Option<Value>, silent: bool) {
+    fn record(
+        &self,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        change: impl FnOnce(Option<&Value>) -> Option<Value>,
+        silent: bool,
+    ) {
         let mut c = self.cluster.0.lock().unwrap();
         c.rv += 1;
         let rv = c.rv;
@@ -277,7 +284,11 @@ fn handle(mut conn: TcpStream, cluster: &Arc<(Mutex<Cluster>, Condvar)>) {
         c.requests.push(format!("GET {target}"));
     }
     if auth != format!("Bearer {TOKEN}") {
-        return respond(&mut conn, 401, &status_body(401, "Unauthorized", "Unauthorized"));
+        return respond(
+            &mut conn,
+            401,
+            &status_body(401, "Unauthorized", "Unauthorized"),
+        );
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let served = |v: &str| cluster.0.lock().unwrap().versions.contains(&v);
@@ -355,7 +366,11 @@ fn handle(mut conn: TcpStream, cluster: &Arc<(Mutex<Cluster>, Condvar)>) {
                         c = cluster.0.lock().unwrap();
                         continue;
                     }
-                    c = cluster.1.wait_timeout(c, Duration::from_millis(200)).unwrap().0;
+                    c = cluster
+                        .1
+                        .wait_timeout(c, Duration::from_millis(200))
+                        .unwrap()
+                        .0;
                 }
             }
             let c = cluster.0.lock().unwrap();
@@ -377,7 +392,11 @@ fn handle(mut conn: TcpStream, cluster: &Arc<(Mutex<Cluster>, Condvar)>) {
         _ => respond(
             &mut conn,
             404,
-            &status_body(404, "NotFound", "the server could not find the requested resource"),
+            &status_body(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
         ),
     }
 }
