@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(systemd util-linux docker-registry skopeo openssl python3 python3-nacl python3-cryptography
-          rpm rpmlint rpm2cpio cpio)
+# libssl-dev and pkg-config: the kube client's TLS is the system OpenSSL.
+packages=(systemd util-linux docker-registry skopeo openssl libssl-dev pkg-config python3 python3-nacl
+          python3-cryptography rpm rpmlint rpm2cpio cpio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

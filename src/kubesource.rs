@@ -198,18 +198,18 @@ async fn session(
     on_change: &(dyn Fn() + Send + Sync),
     backoff: &mut Duration,
 ) -> anyhow::Error {
-    let client = match client(kubeconfig).await {
+    let (client, url) = match client(kubeconfig).await {
         Ok((c, url)) => {
             if let Ok(mut st) = shared.lock() {
-                st.server = Some(url);
+                st.server = Some(url.clone());
             }
-            c
+            (c, url)
         }
         Err(e) => return e,
     };
     let version = match discover(&client).await {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return e.context(format!("discovering {API_GROUP} at {url}")),
     };
     let api_version = format!("{API_GROUP}/{version}");
     if let Ok(mut st) = shared.lock() {
@@ -302,6 +302,7 @@ pub async fn run(
     on_change: Box<dyn Fn() + Send + Sync>,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut last_msg = String::new();
     loop {
         let err = session(
             kubeconfig.as_deref(),
@@ -315,10 +316,16 @@ pub async fn run(
             Ok(mut st) => st.set_connected(false, Some(msg.clone())),
             Err(_) => false,
         };
-        warn!(
-            "kube source: {msg}; node files kept as they are; retrying in {} ms",
-            backoff.as_millis()
-        );
+        // The same failure again and again is said once (status keeps it).
+        if changed || msg != last_msg {
+            warn!(
+                "kube source: {msg}; node files kept as they are; retrying in {} ms",
+                backoff.as_millis()
+            );
+        } else {
+            debug!("kube source: {msg}; retrying in {} ms", backoff.as_millis());
+        }
+        last_msg = msg;
         if changed {
             on_change();
         }

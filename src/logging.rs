@@ -38,7 +38,12 @@ pub fn init() {
         Ok("error") => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
-    let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+    // Libraries' events (kube, hyper) only when debugging: the agent
+    // reports their errors itself, with context, once.
+    let ours_only = level <= tracing::Level::INFO;
+    let filter = tracing_subscriber::filter::filter_fn(move |m| {
+        *m.level() <= level && (!ours_only || m.target().starts_with("image_policy_agent"))
+    });
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     if stderr_is_journal() {
         match tracing_journald::layer() {
@@ -59,10 +64,13 @@ pub fn init() {
     } else if journal {
         eprintln!("image-policy-agent: JOURNAL_STREAM is set but stderr is not that stream; plain lines follow");
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(level)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false),
+        )
+        .with(filter)
         .init();
 }

@@ -445,3 +445,125 @@ fn rbac_example_covers_the_agents_requests() {
     .into();
     assert_eq!(used, want);
 }
+
+/// A CA and a server certificate for 127.0.0.1 made by the openssl CLI;
+/// returns (CA PEM, server cert file, server key file).
+fn make_pki(dir: &Path, name: &str) -> (Vec<u8>, std::path::PathBuf, std::path::PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &s(p("ca.key")),
+        "-out",
+        &s(p("ca.crt")),
+        "-subj",
+        &format!("/CN={name} CA"),
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &s(p("srv.key")),
+        "-out",
+        &s(p("srv.csr")),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(p("srv.csr")),
+        "-CA",
+        &s(p("ca.crt")),
+        "-CAkey",
+        &s(p("ca.key")),
+        "-CAcreateserial",
+        "-out",
+        &s(p("srv.crt")),
+        "-days",
+        "2",
+        "-extfile",
+        &s(p("ext.cnf")),
+    ]);
+    (
+        std::fs::read(p("ca.crt")).unwrap(),
+        p("srv.crt"),
+        p("srv.key"),
+    )
+}
+
+/// HTTPS through OpenSSL: the kubeconfig's CA is trusted, another is not.
+#[test]
+fn tls_verifies_the_server_against_the_kubeconfig_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_pki(certs.path(), "cluster");
+    let (other_ca, _, _) = make_pki(certs.path(), "other");
+    let api = StandInApi::start_with_tls(&["v1"], Some((ca, &cert, &key)));
+    let expect = Expect::new();
+    api.apply(CIPS, "", "prod", key_spec(&["quay.io/prod"]));
+    expect.cip("prod", &["quay.io/prod"]);
+
+    let node = kube_node(true);
+    std::fs::write(node.dir.path().join("kubeconfig"), api.kubeconfig()).unwrap();
+    let agent = node.start();
+    converge(&node, &expect.files(), "files over HTTPS");
+    assert_eq!(
+        kube_status(&node)["server"],
+        format!("https://127.0.0.1:{}/", api.port)
+    );
+    assert_eq!(agent.terminate(), Some(0));
+
+    // A kubeconfig that trusts another CA: the handshake fails, nothing changes.
+    let node = kube_node(true);
+    let other = {
+        use base64::Engine;
+        let b = |x: &[u8]| base64::engine::general_purpose::STANDARD.encode(x);
+        api.kubeconfig()
+            .replace(&b(api.ca_pem.as_ref().unwrap()), &b(&other_ca))
+    };
+    std::fs::write(node.dir.path().join("kubeconfig"), other).unwrap();
+    let agent = node.start();
+    let k = wait_for("the TLS error", 30, || {
+        let k = kube_status(&node);
+        k["last_error"].as_str().is_some().then_some(k)
+    });
+    assert!(
+        k["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("certificate verify failed"),
+        "{k:#}"
+    );
+    assert_eq!(k["synced"], false);
+    assert_eq!(
+        node.file("/etc/containers/policy.json").unwrap(),
+        ORIGINAL_POLICY.as_bytes()
+    );
+    assert_eq!(agent.terminate(), Some(0));
+}

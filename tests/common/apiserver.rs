@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -41,6 +41,10 @@ pub struct StandInApi {
     pub port: u16,
     cluster: Arc<(Mutex<Cluster>, Condvar)>,
     acceptor: Option<JoinHandle<()>>,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    tls: Option<Arc<openssl::ssl::SslAcceptor>>,
+    /// PEM of the CA that signed the server certificate (HTTPS only).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 fn kind_of(plural: &str) -> &'static str {
@@ -53,6 +57,24 @@ fn kind_of(plural: &str) -> &'static str {
 
 impl StandInApi {
     pub fn start(versions: &[&'static str]) -> StandInApi {
+        Self::start_with_tls(versions, None)
+    }
+
+    /// HTTPS: `tls` is (CA PEM, server certificate PEM file, key PEM file).
+    pub fn start_with_tls(
+        versions: &[&'static str],
+        tls: Option<(Vec<u8>, &std::path::Path, &std::path::Path)>,
+    ) -> StandInApi {
+        use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+        let (acceptor, ca_pem) = match tls {
+            Some((ca, cert, key)) => {
+                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+                b.set_certificate_chain_file(cert).unwrap();
+                b.set_private_key_file(key, SslFiletype::PEM).unwrap();
+                (Some(Arc::new(b.build())), Some(ca))
+            }
+            None => (None, None),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cluster = Arc::new((
@@ -67,6 +89,8 @@ impl StandInApi {
             port,
             cluster,
             acceptor: None,
+            tls: acceptor,
+            ca_pem,
         };
         api.serve(listener);
         api
@@ -75,6 +99,7 @@ impl StandInApi {
     fn serve(&mut self, listener: TcpListener) {
         self.cluster.0.lock().unwrap().up = true;
         let cluster = self.cluster.clone();
+        let tls = self.tls.clone();
         self.acceptor = Some(std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if !cluster.0.lock().unwrap().up {
@@ -82,7 +107,17 @@ impl StandInApi {
                 }
                 let Ok(conn) = conn else { continue };
                 let cluster = cluster.clone();
-                std::thread::spawn(move || handle(conn, &cluster));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    // A failed handshake (e.g. the client refused our
+                    // certificate) just ends the connection.
+                    Some(acc) => {
+                        if let Ok(s) = acc.accept(conn) {
+                            handle(s, &cluster)
+                        }
+                    }
+                    None => handle(conn, &cluster),
+                });
             }
         }));
     }
@@ -110,9 +145,19 @@ impl StandInApi {
     }
 
     pub fn kubeconfig(&self) -> String {
+        let cluster = match &self.ca_pem {
+            Some(ca) => {
+                use base64::Engine;
+                format!(
+                    "server: https://127.0.0.1:{}\n    certificate-authority-data: {}",
+                    self.port,
+                    base64::engine::general_purpose::STANDARD.encode(ca)
+                )
+            }
+            None => format!("server: http://127.0.0.1:{}", self.port),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: agent\ncurrent-context: stand-in\nusers:\n- name: agent\n  user:\n    token: {TOKEN}\n",
-            self.port
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stand-in\n  cluster:\n    {cluster}\ncontexts:\n- name: stand-in\n  context:\n    cluster: stand-in\n    user: agent\ncurrent-context: stand-in\nusers:\n- name: agent\n  user:\n    token: {TOKEN}\n"
         )
     }
 
@@ -224,7 +269,7 @@ impl Drop for StandInApi {
     }
 }
 
-fn respond(conn: &mut TcpStream, code: u16, body: &Value) {
+fn respond(conn: &mut impl Write, code: u16, body: &Value) {
     let text = body.to_string();
     let reason = match code {
         200 => "OK",
@@ -246,14 +291,15 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
-fn chunk(conn: &mut TcpStream, line: &str) -> std::io::Result<()> {
+fn chunk(conn: &mut impl Write, line: &str) -> std::io::Result<()> {
     let data = format!("{line}\n");
     write!(conn, "{:x}\r\n{data}\r\n", data.len())?;
     conn.flush()
 }
 
-fn handle(mut conn: TcpStream, cluster: &Arc<(Mutex<Cluster>, Condvar)>) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+fn handle(mut conn: impl Read + Write, cluster: &Arc<(Mutex<Cluster>, Condvar)>) {
+    // GET requests have no body: the reader may buffer only the head.
+    let mut reader = BufReader::new(&mut conn);
     let mut first = String::new();
     if reader.read_line(&mut first).is_err() {
         return;
@@ -270,6 +316,7 @@ fn handle(mut conn: TcpStream, cluster: &Arc<(Mutex<Cluster>, Condvar)>) {
             }
         }
     }
+    drop(reader);
     let target = first.split_whitespace().nth(1).unwrap_or("").to_string();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let params: BTreeMap<&str, &str> = query
