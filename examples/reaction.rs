@@ -3,8 +3,16 @@
 //!
 //!     cargo build --release --bins --examples && target/release/examples/reaction
 //!
+//! `REACTION_SOURCE=kube`: the same through the kube source, the change being
+//! a MODIFIED event from the stand-in API server of the tests (plain HTTP on
+//! 127.0.0.1), the idle cost measured with both watches open.
+//!
 //! Also reports the daemon's idle cost (RSS, CPU time and wakeups over 60 s)
 //! unless `REACTION_IDLE_SECS=0`.
+
+#[allow(dead_code)]
+#[path = "../tests/common/apiserver.rs"]
+mod apiserver;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -71,25 +79,55 @@ fn main() {
     let d = dir.path();
     std::fs::create_dir_all(d.join("manifests")).unwrap();
     std::fs::create_dir_all(d.join("root/etc/containers")).unwrap();
+    let kube = std::env::var("REACTION_SOURCE").as_deref() == Ok("kube");
     // S1-sized background load: 5 × 4 cluster scopes, 50 ImagePolicies in 20 namespaces.
-    let mut bg = String::new();
-    for c in 0..5 {
-        let scopes: Vec<String> = (0..4)
-            .map(|s| format!("\"r{s}.example.com/org{c}\""))
-            .collect();
-        bg.push_str(&format!("---\napiVersion: config.openshift.io/v1\nkind: ClusterImagePolicy\nmetadata: {{name: c{c}}}\nspec:\n  scopes: [{}]\n  policy:\n    rootOfTrust: {{policyType: PublicKey, publicKey: {{keyData: {KEY}}}}}\n", scopes.join(", ")));
-    }
-    for i in 0..50 {
-        bg.push_str(&format!("---\napiVersion: config.openshift.io/v1\nkind: ImagePolicy\nmetadata: {{name: p{i}, namespace: team-{}}}\nspec:\n  scopes: [\"quay.example.org/t{i}/app\"]\n  policy:\n    rootOfTrust: {{policyType: PublicKey, publicKey: {{keyData: {KEY}}}}}\n", i % 20));
-    }
-    std::fs::write(d.join("manifests/background.yaml"), bg).unwrap();
-    put(&d.join("manifests/moving.yaml"), &manifest(0));
+    let key_spec = |scopes: Vec<String>| serde_json::json!({"scopes": scopes, "policy": {"rootOfTrust": {"policyType": "PublicKey", "publicKey": {"keyData": KEY}}}});
+    let cluster_scopes =
+        |c: usize| -> Vec<String> { (0..4).map(|s| format!("r{s}.example.com/org{c}")).collect() };
+    let api = kube.then(|| apiserver::StandInApi::start(&["v1"]));
+    let source = if let Some(api) = &api {
+        for c in 0..5 {
+            api.apply(
+                "clusterimagepolicies",
+                "",
+                &format!("c{c}"),
+                key_spec(cluster_scopes(c)),
+            );
+        }
+        for i in 0..50 {
+            api.apply(
+                "imagepolicies",
+                &format!("team-{}", i % 20),
+                &format!("p{i}"),
+                key_spec(vec![format!("quay.example.org/t{i}/app")]),
+            );
+        }
+        api.apply(
+            "clusterimagepolicies",
+            "",
+            "moving",
+            key_spec(vec!["registry.example.com/app0".into()]),
+        );
+        std::fs::write(d.join("kubeconfig"), api.kubeconfig()).unwrap();
+        format!("kind = \"kube\"\nkubeconfig = {:?}", d.join("kubeconfig"))
+    } else {
+        let mut bg = String::new();
+        for c in 0..5 {
+            let scopes: Vec<String> = cluster_scopes(c).iter().map(|s| format!("{s:?}")).collect();
+            bg.push_str(&format!("---\napiVersion: config.openshift.io/v1\nkind: ClusterImagePolicy\nmetadata: {{name: c{c}}}\nspec:\n  scopes: [{}]\n  policy:\n    rootOfTrust: {{policyType: PublicKey, publicKey: {{keyData: {KEY}}}}}\n", scopes.join(", ")));
+        }
+        for i in 0..50 {
+            bg.push_str(&format!("---\napiVersion: config.openshift.io/v1\nkind: ImagePolicy\nmetadata: {{name: p{i}, namespace: team-{}}}\nspec:\n  scopes: [\"quay.example.org/t{i}/app\"]\n  policy:\n    rootOfTrust: {{policyType: PublicKey, publicKey: {{keyData: {KEY}}}}}\n", i % 20));
+        }
+        std::fs::write(d.join("manifests/background.yaml"), bg).unwrap();
+        put(&d.join("manifests/moving.yaml"), &manifest(0));
+        format!("path = {:?}", d.join("manifests"))
+    };
     std::fs::write(
         d.join("agent.toml"),
         format!(
-            "root = {:?}\n[source]\npath = {:?}\n[agent]\nsocket = {:?}\nstate_dir = {:?}\n[crio]\ncheck_config = false\n",
+            "root = {:?}\n[source]\n{source}\n[agent]\nsocket = {:?}\nstate_dir = {:?}\n[crio]\ncheck_config = false\n",
             d.join("root"),
-            d.join("manifests"),
             d.join("run/agent.sock"),
             d.join("state")
         ),
@@ -111,11 +149,29 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let policy = d.join("root/etc/containers/policy.json");
+    if kube {
+        // The first list, before measuring.
+        while !std::fs::read_to_string(&policy)
+            .map(|p| p.contains("registry.example.com/app0"))
+            .unwrap_or(false)
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "no first list");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let mut samples = Vec::new();
     for i in 1..=200 {
         let needle = format!("\"registry.example.com/app{i}\"");
         let t = Instant::now();
-        put(&d.join("manifests/moving.yaml"), &manifest(i));
+        match &api {
+            Some(api) => api.apply(
+                "clusterimagepolicies",
+                "",
+                "moving",
+                key_spec(vec![format!("registry.example.com/app{i}")]),
+            ),
+            None => put(&d.join("manifests/moving.yaml"), &manifest(i)),
+        }
         loop {
             if std::fs::read_to_string(&policy)
                 .map(|p| p.contains(&needle))
@@ -135,7 +191,8 @@ fn main() {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "reaction over {} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "reaction ({} source) over {} changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        if kube { "kube" } else { "manifests" },
         samples.len(),
         ms(samples[samples.len() / 2]),
         ms(samples[samples.len() * 99 / 100]),
