@@ -350,99 +350,30 @@ impl Lab {
     fn pki_sign(&self, repo_tag: &str) -> (Vec<u8>, Vec<u8>) {
         let d = self.path("pki");
         std::fs::create_dir_all(&d).unwrap();
-        let ext = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/enforcement/openssl-ext.cnf");
-        let openssl = |args: &[&str]| {
-            let o = Command::new("openssl")
-                .args(args)
-                .current_dir(&d)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        let ext = ext.to_str().unwrap();
+        // The extensions file beside the keys: openssl's arguments are split on spaces.
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/enforcement/openssl-ext.cnf"),
+            d.join("ext.cnf"),
+        )
+        .unwrap();
         for (name, subject) in [
-            ("root", "/CN=test root"),
-            ("inter", "/CN=test intermediate"),
+            ("root", "/CN=test-root"),
+            ("inter", "/CN=test-intermediate"),
             ("leaf", "/CN=signer"),
         ] {
-            openssl(&[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                &format!("{name}.key"),
-            ]);
-            openssl(&[
-                "req",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                subject,
-                "-out",
-                &format!("{name}.csr"),
-            ]);
+            openssl(
+                &d,
+                &format!("ecparam -name prime256v1 -genkey -noout -out {name}.key"),
+            );
+            openssl(
+                &d,
+                &format!("req -new -key {name}.key -subj {subject} -out {name}.csr"),
+            );
         }
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "root.csr",
-            "-signkey",
-            "root.key",
-            "-days",
-            "2",
-            "-extfile",
-            ext,
-            "-extensions",
-            "v3_root",
-            "-out",
-            "root.pem",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "inter.csr",
-            "-CA",
-            "root.pem",
-            "-CAkey",
-            "root.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            ext,
-            "-extensions",
-            "v3_inter",
-            "-out",
-            "inter.pem",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "inter.pem",
-            "-CAkey",
-            "inter.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            ext,
-            "-extensions",
-            "v3_leaf",
-            "-out",
-            "leaf.pem",
-        ]);
+        openssl(&d, "x509 -req -in root.csr -signkey root.key -days 2 -extfile ext.cnf -extensions v3_root -out root.pem");
+        for (name, ca) in [("inter", "root"), ("leaf", "inter")] {
+            openssl(&d, &format!("x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -days 2 -extfile ext.cnf -extensions v3_{name} -out {name}.pem"));
+        }
         let root = std::fs::read(d.join("root.pem")).unwrap();
         let inter = std::fs::read(d.join("inter.pem")).unwrap();
         std::fs::write(d.join("chain.pem"), [inter.clone(), root.clone()].concat()).unwrap();

@@ -449,72 +449,27 @@ fn rbac_example_covers_the_agents_requests() {
 /// A CA and a server certificate for 127.0.0.1 made by the openssl CLI;
 /// returns (CA PEM, server cert file, server key file).
 fn make_pki(dir: &Path, name: &str) -> (Vec<u8>, std::path::PathBuf, std::path::PathBuf) {
-    let p = |f: &str| dir.join(format!("{name}-{f}"));
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
-    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &s(p("ca.key")),
-        "-out",
-        &s(p("ca.crt")),
-        "-subj",
-        &format!("/CN={name} CA"),
-        "-days",
-        "2",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &s(p("srv.key")),
-        "-out",
-        &s(p("srv.csr")),
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &s(p("srv.csr")),
-        "-CA",
-        &s(p("ca.crt")),
-        "-CAkey",
-        &s(p("ca.key")),
-        "-CAcreateserial",
-        "-out",
-        &s(p("srv.crt")),
-        "-days",
-        "2",
-        "-extfile",
-        &s(p("ext.cnf")),
-    ]);
+    std::fs::write(
+        dir.join(format!("{name}-ext.cnf")),
+        "subjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(
+        dir,
+        &format!(
+            "req -x509 {ec} -keyout {name}-ca.key -out {name}-ca.crt -subj /CN={name}-ca -days 2"
+        ),
+    );
+    openssl(
+        dir,
+        &format!("req {ec} -keyout {name}-srv.key -out {name}-srv.csr -subj /CN=127.0.0.1"),
+    );
+    openssl(dir, &format!("x509 -req -in {name}-srv.csr -CA {name}-ca.crt -CAkey {name}-ca.key -CAcreateserial -out {name}-srv.crt -days 2 -extfile {name}-ext.cnf"));
     (
-        std::fs::read(p("ca.crt")).unwrap(),
-        p("srv.crt"),
-        p("srv.key"),
+        std::fs::read(dir.join(format!("{name}-ca.crt"))).unwrap(),
+        dir.join(format!("{name}-srv.crt")),
+        dir.join(format!("{name}-srv.key")),
     )
 }
 

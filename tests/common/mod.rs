@@ -58,6 +58,21 @@ pub fn put(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Runs the openssl CLI in `dir` (`args` split on whitespace); panics with
+/// its stderr when it fails.
+pub fn openssl(dir: &Path, args: &str) {
+    let o = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 pub fn agentctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agentctl"))
         .args(args)
