@@ -249,13 +249,12 @@ async fn session(
             }
             watcher::Event::InitDone => {
                 let fresh = buffers.remove(&kind).unwrap_or_default();
-                let old: BTreeMap<Key, Value> = st
+                let same = st
                     .objects
                     .iter()
                     .filter(|(k, _)| k.0 == kind)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                if old != fresh {
+                    .eq(fresh.iter());
+                if !same {
                     st.objects.retain(|k, _| k.0 != kind);
                     st.objects.extend(fresh);
                     changed = true;

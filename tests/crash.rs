@@ -91,11 +91,7 @@ fn managed_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn kill_9_never_leaves_a_torn_file() {
     let node = Node::new("");
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
+    node.put_original_policy();
 
     // Versions 0..3 large, version 4 empty (everything restored).
     let versions: Vec<String> = (0..4)

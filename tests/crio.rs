@@ -138,14 +138,8 @@ fn with_config(extra: impl Fn(&Node) -> String) -> Node {
 fn matching_crio_config_is_healthy() {
     let node = with_config(|n| crio_table(&crio_socket(n), ""));
     let _crio = StandInCrio::start(&crio_socket(&node), matching(&node));
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
-    put(
-        &node.manifests.join("b.yaml"),
-        &ip("team", "b", &["b.example.com"], &public_key()),
-    );
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
+    node.put_manifest("b.yaml", ip("team", "b", &["b.example.com"], &public_key()));
     let _agent = node.start();
     let st = node.status_json();
     assert_eq!(st["healthy"], true, "{st}");
@@ -168,10 +162,7 @@ fn other_policy_dir_is_unhealthy() {
         Some("/etc/crio/other"),
     );
     let _crio = StandInCrio::start(&crio_socket(&node), body);
-    put(
-        &node.manifests.join("b.yaml"),
-        &ip("team", "b", &["b.example.com"], &public_key()),
-    );
+    node.put_manifest("b.yaml", ip("team", "b", &["b.example.com"], &public_key()));
     let _agent = node.start();
     let st = node.status_json();
     assert_eq!(st["healthy"], false, "{st}");
@@ -199,10 +190,7 @@ fn crio_without_policy_dir_and_namespace_files_is_unhealthy() {
         None,
     );
     let _crio = StandInCrio::start(&crio_socket(&node), body);
-    put(
-        &node.manifests.join("b.yaml"),
-        &ip("team", "b", &["b.example.com"], &public_key()),
-    );
+    node.put_manifest("b.yaml", ip("team", "b", &["b.example.com"], &public_key()));
     let _agent = node.start();
     let st = node.status_json();
     assert_eq!(st["healthy"], false);
@@ -217,10 +205,7 @@ fn crio_without_policy_dir_and_namespace_files_is_unhealthy() {
 #[test]
 fn unreachable_crio_is_reported_and_nothing_rolled_back() {
     let node = with_config(|n| crio_table(&crio_socket(n), ""));
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
     let _agent = node.start();
     let st = node.status_json();
     let (outcome, msg) = verification(&st);
@@ -246,14 +231,8 @@ fn version_from_crio_binary_gates_fields() {
             .unwrap();
         format!("[crio]\ncheck_config = false\nbinary = {script:?}\n")
     });
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("keyless", &["a.example.com"], &fulcio()),
-    );
-    put(
-        &node.manifests.join("b.yaml"),
-        &cip("keys", &["b.example.com"], &public_key()),
-    );
+    node.put_manifest("a.yaml", cip("keyless", &["a.example.com"], &fulcio()));
+    node.put_manifest("b.yaml", cip("keys", &["b.example.com"], &public_key()));
     let _agent = node.start();
     let st = node.status_json();
     assert_eq!(st["crio"]["version"]["version"], "1.26");
@@ -292,15 +271,8 @@ fn failing_verify_command_puts_previous_files_back() {
             script.display().to_string()
         )
     });
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("good", &["good.example.com"], &public_key()),
-    );
+    node.put_original_policy();
+    node.put_manifest("a.yaml", cip("good", &["good.example.com"], &public_key()));
     let _agent = node.start();
     let good = node.file("/etc/containers/policy.json").unwrap();
     assert!(String::from_utf8_lossy(&good).contains("good.example.com"));
@@ -308,10 +280,7 @@ fn failing_verify_command_puts_previous_files_back() {
         .file("/etc/containers/registries.d/sigstore-registries.yaml")
         .unwrap();
 
-    put(
-        &node.manifests.join("b.yaml"),
-        &cip("bad", &["bad.example.com"], &public_key()),
-    );
+    node.put_manifest("b.yaml", cip("bad", &["bad.example.com"], &public_key()));
     let st = wait_for("verify failure reported", 10, || {
         let st = node.status_json();
         (st["healthy"] == false).then_some(st)
@@ -352,10 +321,7 @@ fn reload_command_runs_after_a_change() {
     let marker = node.dir.path().join("reloaded");
     let _agent = node.start();
     assert!(!marker.exists(), "nothing changed yet");
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
     wait_for("reload ran", 10, || marker.exists().then_some(()));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\n");
 }
@@ -374,13 +340,13 @@ fn mirrors_and_registries_d_collisions() {
         "docker:\n  quay.example.org/team-a:\n    lookaside: https://sigs.example.org\n",
     )
     .unwrap();
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("prod", &["registry.example.com/prod"], &public_key()),
+    node.put_manifest(
+        "a.yaml",
+        cip("prod", &["registry.example.com/prod"], &public_key()),
     );
-    put(
-        &node.manifests.join("b.yaml"),
-        &ip(
+    node.put_manifest(
+        "b.yaml",
+        ip(
             "team-a",
             "team",
             &["quay.example.org/team-a"],

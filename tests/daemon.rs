@@ -17,11 +17,7 @@ fn condition(st: &serde_json::Value, name: &str) -> Option<String> {
 #[test]
 fn lifecycle() {
     let node = Node::new("");
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
+    node.put_original_policy();
     std::fs::create_dir_all(node.root.join("etc/crio/policies")).unwrap();
     std::fs::write(
         node.root.join("etc/crio/policies/other.json"),
@@ -40,9 +36,9 @@ fn lifecycle() {
     assert!(node.file(REGD).is_none());
 
     // A ClusterImagePolicy: policy.json and registries.d, exactly as `agentctl render`.
-    put(
-        &node.manifests.join("prod.yaml"),
-        &cip("prod", &["registry.example.com/prod"], &public_key()),
+    node.put_manifest(
+        "prod.yaml",
+        cip("prod", &["registry.example.com/prod"], &public_key()),
     );
     let want = node.expected(ORIGINAL_POLICY);
     wait_for("policy.json rendered", 10, || {
@@ -66,9 +62,9 @@ fn lifecycle() {
     assert_eq!(files, vec![POLICY, REGD]);
 
     // An ImagePolicy: its namespace file.
-    put(
-        &node.manifests.join("team.yaml"),
-        &ip("team", "team-keys", &["quay.io/team"], &public_key()),
+    node.put_manifest(
+        "team.yaml",
+        ip("team", "team-keys", &["quay.io/team"], &public_key()),
     );
     let want = node.expected(ORIGINAL_POLICY);
     wait_for("team.json", 10, || {
@@ -80,9 +76,9 @@ fn lifecycle() {
     });
 
     // A conflicting one: Pending.
-    put(
-        &node.manifests.join("conflict.yaml"),
-        &ip(
+    node.put_manifest(
+        "conflict.yaml",
+        ip(
             "team",
             "sneaky",
             &["registry.example.com/prod/app:v1"],
@@ -121,9 +117,9 @@ fn lifecycle() {
         .iter()
         .map(|p| node.file(p))
         .collect();
-    put(
-        &node.manifests.join("broken.yaml"),
-        &cip("broken", &["Not A Scope"], &public_key()),
+    node.put_manifest(
+        "broken.yaml",
+        cip("broken", &["Not A Scope"], &public_key()),
     );
     wait_for("broken invalid", 10, || {
         (condition(&node.status_json(), "broken").as_deref() == Some("Invalid")).then_some(())
@@ -178,19 +174,9 @@ fn lifecycle() {
 #[test]
 fn restart_keeps_ownership() {
     let node = Node::new("");
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
-    put(
-        &node.manifests.join("b.yaml"),
-        &ip("ns1", "b", &["b.example.com"], &public_key()),
-    );
+    node.put_original_policy();
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
+    node.put_manifest("b.yaml", ip("ns1", "b", &["b.example.com"], &public_key()));
     let agent = node.start();
     assert!(
         node.file("/etc/crio/policies/ns1.json").is_some(),
@@ -211,19 +197,9 @@ fn restart_keeps_ownership() {
 #[test]
 fn drift() {
     let node = Node::new("");
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
-    put(
-        &node.manifests.join("b.yaml"),
-        &ip("ns1", "b", &["b.example.com"], &public_key()),
-    );
+    node.put_original_policy();
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
+    node.put_manifest("b.yaml", ip("ns1", "b", &["b.example.com"], &public_key()));
     let _agent = node.start();
 
     let admin = "{\"default\":[{\"type\":\"reject\"}],\"transports\":{\"docker\":{\"trusted.example.com\":[{\"type\":\"insecureAcceptAnything\"}]}}}";
@@ -266,10 +242,7 @@ fn drift() {
 #[test]
 fn half_edited_file_keeps_last_good_content() {
     let node = Node::new("");
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
     let _agent = node.start();
     let good = node.file(POLICY).unwrap();
     put(
@@ -297,10 +270,7 @@ fn missing_manifests_directory_is_created() {
     std::fs::remove_dir(&node.manifests).unwrap();
     let _agent = node.start();
     assert!(node.manifests.is_dir());
-    put(
-        &node.manifests.join("a.yaml"),
-        &cip("a", &["a.example.com"], &public_key()),
-    );
+    node.put_manifest("a.yaml", cip("a", &["a.example.com"], &public_key()));
     wait_for("policy written", 10, || {
         node.file(POLICY)
             .filter(|b| String::from_utf8_lossy(b).contains("a.example.com"))

@@ -702,14 +702,10 @@ fn enforcement() {
     // 7. Restore, with the daemon's own files: after the last policy is
     //    deleted the unsigned image is accepted again.
     let node = Node::new("");
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
-    put(
-        &node.manifests.join("c.yaml"),
-        &cip(
+    node.put_original_policy();
+    node.put_manifest(
+        "c.yaml",
+        cip(
             "protect-test",
             &[&scope("test")],
             &Lab::key_rot(&lab.key1_pub),

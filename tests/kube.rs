@@ -128,10 +128,7 @@ fn kube_node(kubeconfig_in_config: bool) -> Node {
         "[crio]\nversion = \"1.33\"\ncheck_config = false\n",
         Some(source),
     );
-    put(
-        &node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    );
+    node.put_original_policy();
     node
 }
 

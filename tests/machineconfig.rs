@@ -115,10 +115,7 @@ fn mc_node() -> McNode {
     );
     let mc = node.dir.path().join("mcd/currentconfig");
     std::fs::create_dir_all(mc.parent().unwrap()).unwrap();
-    put(
-        &node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    );
+    node.put_original_policy();
     McNode { node, mc }
 }
 

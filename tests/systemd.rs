@@ -144,22 +144,15 @@ fn unit_under_systemd_with_journal() {
     let manager = UserManager::start();
 
     let node = Node::new("");
-    std::fs::write(
-        node.root.join("etc/containers/policy.json"),
-        ORIGINAL_POLICY,
-    )
-    .unwrap();
-    put(
-        &node.manifests.join("keys.yaml"),
-        &cip("keys", &["a.example.com"], &public_key()),
+    node.put_original_policy();
+    node.put_manifest("keys.yaml", cip("keys", &["a.example.com"], &public_key()));
+    node.put_manifest(
+        "keyless.yaml",
+        cip("keyless", &["b.example.com"], &fulcio()),
     );
-    put(
-        &node.manifests.join("keyless.yaml"),
-        &cip("keyless", &["b.example.com"], &fulcio()),
-    );
-    put(
-        &node.manifests.join("sneaky.yaml"),
-        &ip("team", "sneaky", &["a.example.com/app"], &public_key()),
+    node.put_manifest(
+        "sneaky.yaml",
+        ip("team", "sneaky", &["a.example.com/app"], &public_key()),
     );
 
     // The packaged unit, pointed at the test node by a drop-in. With

@@ -128,6 +128,20 @@ impl Node {
         }
     }
 
+    /// Gives the node the distribution's policy.json (what the agent must
+    /// later restore byte for byte).
+    pub fn put_original_policy(&self) {
+        put(
+            &self.root.join("etc/containers/policy.json"),
+            ORIGINAL_POLICY,
+        );
+    }
+
+    /// Writes (atomically) a manifest file into the node's manifests directory.
+    pub fn put_manifest(&self, name: &str, text: impl AsRef<str>) {
+        put(&self.manifests.join(name), text.as_ref());
+    }
+
     pub fn file(&self, node_path: &str) -> Option<Vec<u8>> {
         std::fs::read(self.root.join(node_path.trim_start_matches('/'))).ok()
     }
